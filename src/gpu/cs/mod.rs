@@ -1,0 +1,1 @@
+//! The CSF command-stream instruction set.

@@ -1,0 +1,1 @@
+//! The GPU MMU: page tables, translation and the VM_BIND engine.
