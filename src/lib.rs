@@ -15,5 +15,13 @@
 //! - [`testvmm`]: an in-process vhost-user front end used by the integration
 //!   tests and the benchmarks.
 
+pub mod daemon;
+pub mod device;
+pub mod display;
 pub mod gpu;
+pub mod guest;
+pub mod log_limit;
+pub mod native;
+pub mod testvmm;
 pub mod uapi;
+pub mod virtio_gpu;

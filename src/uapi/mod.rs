@@ -3,3 +3,4 @@
 //! share these definitions; nothing here depends on the host side.
 
 pub mod capset;
+pub mod native;

@@ -1,0 +1,392 @@
+//! The vhost-user backend: virtio features, the config space, and the
+//! control and cursor queues.
+//!
+//! One [`GpuDevice`] serves one vhost-user connection. The vring worker
+//! thread pops descriptor chains, hands each to [`GpuState`], and returns it
+//! to the used ring: unfenced chains at once, fenced ones through
+//! [`FenceRings`] so that each timeline completes in order. Every chain the
+//! device pops is returned, whatever the guest put in it.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::GpuBackend;
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::{QueueOwnedT, QueueT};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::display::FrontendDisplay;
+use crate::guest_warn;
+use crate::log_limit::LogLimiter;
+use crate::virtio_gpu::control::{GpuConfig, GpuState, Negotiated};
+use crate::virtio_gpu::fence::{FenceRings, HeldChain, Timeline};
+use crate::virtio_gpu::protocol::*;
+
+/// Index of the control queue.
+pub const CONTROL_QUEUE: u16 = 0;
+/// Index of the cursor queue.
+pub const CURSOR_QUEUE: u16 = 1;
+/// Number of queues.
+pub const NUM_QUEUES: usize = 2;
+/// Largest queue size the device accepts.
+pub const MAX_QUEUE_SIZE: usize = 1024;
+
+/// The virtio feature bits this device offers.
+pub fn offered_features() -> u64 {
+    (1u64 << VIRTIO_F_VERSION_1)
+        | (1u64 << VIRTIO_RING_F_EVENT_IDX)
+        | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
+        | (1u64 << VIRTIO_GPU_F_VIRGL)
+        | (1u64 << VIRTIO_GPU_F_EDID)
+        | (1u64 << VIRTIO_GPU_F_RESOURCE_UUID)
+        | (1u64 << VIRTIO_GPU_F_RESOURCE_BLOB)
+        | (1u64 << VIRTIO_GPU_F_CONTEXT_INIT)
+        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+}
+
+/// The vhost-user protocol features this device offers.
+pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::RESET_DEVICE
+}
+
+struct Exit {
+    consumer: EventConsumer,
+    notifier: EventNotifier,
+}
+
+/// The virtio-gpu device of one connection.
+pub struct GpuDevice {
+    state: Mutex<GpuState>,
+    fences: Mutex<FenceRings>,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
+    event_idx: AtomicBool,
+    acked: AtomicU64,
+    events_read: AtomicU32,
+    /// Bumped on every device reset; the worker tears the old state down
+    /// when it sees a new value.
+    generation: AtomicU64,
+    seen_generation: AtomicU64,
+    control_vring: Mutex<Option<VringRwLock>>,
+    exit: Exit,
+    limiter: Mutex<LogLimiter>,
+    num_scanouts: u32,
+    num_capsets: u32,
+    commands: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock is a bug, but the daemon must keep
+    // serving: take the data as it is.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl GpuDevice {
+    /// A device for a new connection.
+    pub fn new(cfg: GpuConfig) -> io::Result<GpuDevice> {
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
+        let state = GpuState::new(cfg);
+        Ok(GpuDevice {
+            num_scanouts: state.num_scanouts(),
+            num_capsets: state.num_capsets(),
+            state: Mutex::new(state),
+            fences: Mutex::new(FenceRings::new()),
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            events_read: AtomicU32::new(0),
+            generation: AtomicU64::new(0),
+            seen_generation: AtomicU64::new(0),
+            control_vring: Mutex::new(None),
+            exit: Exit { consumer, notifier },
+            limiter: Mutex::new(LogLimiter::default()),
+            commands: AtomicU64::new(0),
+        })
+    }
+
+    /// Asks the vring worker thread to stop.
+    pub fn stop_worker(&self) {
+        let _ = self.exit.notifier.notify();
+    }
+
+    /// Number of fenced chains held back for ordering.
+    pub fn pending_fences(&self) -> usize {
+        lock(&self.fences).pending()
+    }
+
+    /// Number of requests handled so far.
+    pub fn commands_handled(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed)
+    }
+
+    /// Marks the work behind `fence_id` on `timeline` complete and returns
+    /// every chain of that timeline that may now complete. Safe to call from
+    /// any thread.
+    pub fn complete_fence(&self, timeline: Timeline, fence_id: u64) -> io::Result<()> {
+        let ready = lock(&self.fences).complete(timeline, fence_id);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let vring = lock(&self.control_vring).clone();
+        match vring {
+            Some(v) => self.return_chains(&v, &ready),
+            None => Ok(()),
+        }
+    }
+
+    fn config_bytes(&self) -> VirtioGpuConfig {
+        VirtioGpuConfig {
+            events_read: self.events_read.load(Ordering::Relaxed),
+            events_clear: 0,
+            num_scanouts: self.num_scanouts,
+            num_capsets: self.num_capsets,
+        }
+    }
+
+    fn return_chains(&self, vring: &VringRwLock, chains: &[HeldChain]) -> io::Result<()> {
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let size = vring.get_ref().get_queue().size();
+        for c in chains {
+            if c.head >= size {
+                guest_warn!(
+                    lock(&self.limiter),
+                    "descriptor head {} is outside the {size}-entry queue; not returned",
+                    c.head
+                );
+                continue;
+            }
+            if let Err(e) = vring.add_used(c.head, c.len) {
+                guest_warn!(lock(&self.limiter), "add_used({}) failed: {e}", c.head);
+            }
+        }
+        if vring.needs_notification().unwrap_or(true) {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    /// Resets per-boot state if the device was reset since the last call.
+    /// Runs on the worker thread, which owns the 2D pixels.
+    fn sync_generation(&self) {
+        let g = self.generation.load(Ordering::Acquire);
+        if self.seen_generation.swap(g, Ordering::AcqRel) != g {
+            info!("device reset: freeing the previous boot's resources and contexts");
+            lock(&self.state).teardown();
+            // Held chains belong to the old rings, which the frontend has
+            // taken back; they must not be completed on the new ones.
+            let dropped = lock(&self.fences).flush_all();
+            if !dropped.is_empty() {
+                debug!("dropped {} fenced chains of the old rings", dropped.len());
+            }
+        }
+    }
+
+    fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
+        self.sync_generation();
+        let Some(atomic) = self.mem.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+            guest_warn!(
+                lock(&self.limiter),
+                "queue {queue} kicked before the memory table was set"
+            );
+            return Ok(());
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        loop {
+            if event_idx {
+                vring
+                    .disable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+            }
+            let done = self.drain(vring, queue, &atomic);
+            self.return_chains(vring, &done)?;
+            if !event_idx {
+                break;
+            }
+            match vring.enable_notification() {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles every available chain; returns the chains ready for the used
+    /// ring.
+    fn drain(
+        &self,
+        vring: &VringRwLock,
+        queue: u16,
+        atomic: &GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> Vec<HeldChain> {
+        let mut ready = Vec::new();
+        loop {
+            let guard = atomic.memory();
+            let chain = {
+                let mut st = vring.get_mut();
+                match st.get_queue_mut().iter(guard.clone()) {
+                    Ok(mut it) => it.next(),
+                    Err(e) => {
+                        guest_warn!(
+                            lock(&self.limiter),
+                            "queue {queue} is broken ({e}); waiting for a reset"
+                        );
+                        None
+                    }
+                }
+            };
+            let Some(chain) = chain else {
+                break;
+            };
+            let head = chain.head_index();
+            let mem: Arc<GuestMemoryMmap> = guard.into_inner();
+            let reader = chain.clone().reader(&*mem).ok();
+            let mut writer = chain.writer(&*mem).ok();
+            let outcome =
+                lock(&self.state).handle(&mem, reader, writer.as_mut(), queue == CURSOR_QUEUE);
+            self.commands.fetch_add(1, Ordering::Relaxed);
+            let held = HeldChain {
+                head,
+                len: outcome.len,
+            };
+            match outcome.fence {
+                None => ready.push(held),
+                Some((timeline, id)) => {
+                    ready.extend(lock(&self.fences).push(timeline, id, held, true));
+                }
+            }
+        }
+        ready
+    }
+}
+
+impl VhostUserBackend for GpuDevice {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        offered_features()
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
+        let n = Negotiated::from_features(features);
+        info!("features negotiated: {:?}; mode: {}", n, n.mode());
+        lock(&self.state).set_features(n);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        offered_protocol_features()
+    }
+
+    fn reset_device(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.config_bytes();
+        let bytes = cfg.as_slice();
+        let start = offset as usize;
+        match start.checked_add(size as usize) {
+            Some(end) if end <= bytes.len() => bytes[start..end].to_vec(),
+            _ => {
+                guest_warn!(
+                    lock(&self.limiter),
+                    "config read {offset}+{size} outside the {}-byte config space",
+                    bytes.len()
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only `events_clear` (offset 4) is writable.
+        if offset == 4 && buf.len() == 4 {
+            let clear = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            self.events_read.fetch_and(!clear, Ordering::Relaxed);
+            return Ok(());
+        }
+        guest_warn!(
+            lock(&self.limiter),
+            "ignored config write {offset}+{}",
+            buf.len()
+        );
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn set_gpu_socket(&self, backend: GpuBackend) -> io::Result<()> {
+        let display = FrontendDisplay::start(backend)?;
+        lock(&self.state).set_display(display);
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let c = self.exit.consumer.try_clone().ok()?;
+        let n = self.exit.notifier.try_clone().ok()?;
+        Some((c, n))
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if queue_index == u32::from(CONTROL_QUEUE) {
+            // The frontend stops the device (guest reset, shutdown): the
+            // next start is a new boot.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            warn!("unexpected event set {evset:?} on event {device_event}");
+            return Ok(());
+        }
+        let Some(vring) = vrings.get(device_event as usize) else {
+            warn!("event for unknown queue {device_event}");
+            return Ok(());
+        };
+        if device_event == CONTROL_QUEUE {
+            let mut cv = lock(&self.control_vring);
+            if cv.is_none() {
+                *cv = Some(vring.clone());
+            }
+        }
+        self.process_queue(vring, device_event)
+    }
+}
