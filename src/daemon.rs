@@ -208,6 +208,12 @@ pub fn serve(
                 device.commands_handled()
             ),
             Err(e) if shutdown.requested() => info!("connection {served} stopped: {e}"),
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            )) => info!(
+                "connection {served} closed by the frontend after {} requests",
+                device.commands_handled()
+            ),
             Err(e) => error!("connection {served} ended with an error: {e}"),
         }
     }

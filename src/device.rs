@@ -15,7 +15,7 @@ use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::GpuBackend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -41,8 +41,15 @@ pub const NUM_QUEUES: usize = 2;
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
 /// The virtio feature bits this device offers.
+///
+/// VIRTIO_F_RING_RESET is offered because Linux guests accept it whenever it
+/// is offered by the transport and QEMU forwards the guest's acked set as is;
+/// the vhost-user library refuses a SET_FEATURES with bits the backend did
+/// not offer. A queue reset reaches the backend as a stop and a restart of
+/// the vring, which the device handles like any other.
 pub fn offered_features() -> u64 {
     (1u64 << VIRTIO_F_VERSION_1)
+        | (1u64 << VIRTIO_F_RING_RESET)
         | (1u64 << VIRTIO_RING_F_EVENT_IDX)
         | (1u64 << VIRTIO_RING_F_INDIRECT_DESC)
         | (1u64 << VIRTIO_GPU_F_VIRGL)
@@ -183,8 +190,12 @@ impl GpuDevice {
     fn sync_generation(&self) {
         let g = self.generation.load(Ordering::Acquire);
         if self.seen_generation.swap(g, Ordering::AcqRel) != g {
-            info!("device reset: freeing the previous boot's resources and contexts");
-            lock(&self.state).teardown();
+            let (resources, contexts) = lock(&self.state).teardown();
+            if resources + contexts > 0 {
+                info!(
+                    "device reset: freed {resources} resources and {contexts} contexts of the previous boot"
+                );
+            }
             // Held chains belong to the old rings, which the frontend has
             // taken back; they must not be completed on the new ones.
             let dropped = lock(&self.fences).flush_all();

@@ -49,7 +49,7 @@ pub struct DrmCapset {
     pub gpu_rev: u32,
     /// CSF interface id (Panthor `gpu_info.csf_id`).
     pub csf_id: u32,
-    /// MMU features: VA bits in [7:0], PA bits in [15:8].
+    /// MMU features: VA bits in bits `7:0`, PA bits in bits `15:8`.
     pub mmu_features: u32,
     /// Bitmask of present shader cores.
     pub shader_present: u64,

@@ -314,9 +314,11 @@ impl GpuState {
         self.contexts.keys().copied().collect()
     }
 
-    /// Frees every object of the connection. Must run on the worker thread
-    /// that owns the 2D pixels.
-    pub fn teardown(&mut self) {
+    /// Frees every object of the connection and returns how many resources
+    /// and contexts there were. Must run on the worker thread that owns the
+    /// 2D pixels.
+    pub fn teardown(&mut self) -> (usize, usize) {
+        let counts = (self.resources.len(), self.contexts.len());
         for id in self.resources.ids() {
             if let Ok(r) = self.resources.remove(id) {
                 if is_2d(&r.kind) {

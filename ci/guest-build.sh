@@ -1,0 +1,306 @@
+#!/usr/bin/env bash
+# Build everything the end-to-end boot test needs on the guest side:
+#
+#   * host tools: QEMU 10 (bookworm-backports), busybox-static, cpio, kmod,
+#     binutils;
+#   * Debian's 6.1 kernel, downloaded as a .deb and unpacked under ci/cache/
+#     (never installed into /boot);
+#   * the static guest probe (src/bin/mali-guest-probe.rs);
+#   * a gzip'd newc initramfs with busybox, the virtio-gpu module chain, the
+#     probe and ci/guest-init.sh as /init, which runs the probe and powers
+#     the guest off.
+#
+# Outputs (ci/out/):
+#   initramfs.cpio.gz   the initramfs
+#   guest.env           KERNEL=, INITRD=, KVER= for ci/e2e.sh to source
+#
+# The script is idempotent: packages are installed only when missing, the
+# kernel is downloaded and unpacked once per version, and the initramfs is
+# rebuilt only when one of its inputs changed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=$ROOT/ci/cache
+OUT=$ROOT/ci/out
+GUEST_TARGET_DIR=$ROOT/target-guest
+RUST_TARGET=x86_64-unknown-linux-gnu
+PROBE=$GUEST_TARGET_DIR/$RUST_TARGET/release/mali-guest-probe
+
+# virtio-gpu, the PCI transport and everything they depend on, in load order.
+# check_module_order verifies against the kernel's own dependency data that
+# each module comes after the modules it needs.
+MODULES=(
+    virtio_ring
+    virtio
+    virtio_pci_modern_dev
+    virtio_pci_legacy_dev
+    virtio_pci
+    drm
+    drm_kms_helper
+    drm_shmem_helper
+    virtio_dma_buf
+    virtio-gpu
+)
+
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf 'guest-build: %s\n' "$*" >&2; }
+die() { printf 'guest-build: error: %s\n' "$*" >&2; exit 1; }
+
+# --- host packages ----------------------------------------------------------
+
+# Prints the URI and the Signed-By keyring of the apt source that serves the
+# plain "bookworm" suite, separated by a tab. deb822 (*.sources) files are
+# read first, one-line sources.list files second.
+bookworm_archive() {
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [[ -f $f ]] || continue
+        # Paragraph mode: one record per stanza.
+        awk 'BEGIN { RS = ""; FS = "\n" }
+        {
+            uri = ""; suites = ""; key = ""; types = ""
+            for (i = 1; i <= NF; i++) {
+                if ($i ~ /^URIs:/)      { uri = $i;    sub(/^URIs:[ \t]*/, "", uri) }
+                if ($i ~ /^Suites:/)    { suites = $i; sub(/^Suites:[ \t]*/, "", suites) }
+                if ($i ~ /^Signed-By:/) { key = $i;    sub(/^Signed-By:[ \t]*/, "", key) }
+                if ($i ~ /^Types:/)     { types = $i }
+            }
+            if (types ~ /(^|[ \t])deb([ \t]|$)/ && (" " suites " ") ~ /[ \t]bookworm[ \t]/) {
+                split(uri, u, /[ \t]+/)
+                print u[1] "\t" key
+                exit
+            }
+        }' "$f"
+    done | head -n 1 | grep . && return 0
+
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -f $f ]] || continue
+        # "deb [options] URI bookworm component..."
+        sed -E -n 's/^deb[ \t]+(\[[^]]*\][ \t]+)?([^ \t]+)[ \t]+bookworm[ \t].*/\2\t/p' "$f"
+    done | head -n 1 | grep .
+}
+
+has_backports_source() {
+    grep -qsE '^[^#]*(^|[ \t])bookworm-backports([ \t]|$)' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list
+}
+
+ensure_backports_source() {
+    if has_backports_source; then
+        return
+    fi
+    local line uri key
+    line=$(bookworm_archive) || die "no apt source for bookworm found to derive bookworm-backports from"
+    uri=${line%%$'\t'*}
+    key=${line#*$'\t'}
+    log "adding bookworm-backports from $uri"
+    {
+        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$uri"
+        if [[ -n $key ]]; then
+            printf 'Signed-By: %s\n' "$key"
+        fi
+    } >/etc/apt/sources.list.d/bookworm-backports.sources
+    apt_quiet apt-get update
+}
+
+# Installed version of a package, empty when it is not installed.
+installed_version() {
+    { dpkg-query -W -f '${db:Status-Status} ${Version}\n' "$1" 2>/dev/null || true; } |
+        awk '$1 == "installed" { print $2 }'
+}
+
+# Runs an apt command with its chatter sent to ci/out/apt.log, shown only
+# when the command fails.
+apt_quiet() {
+    mkdir -p "$OUT"
+    if ! "$@" >>"$OUT/apt.log" 2>&1; then
+        tail -n 20 "$OUT/apt.log" >&2
+        die "'$*' failed (full log: $OUT/apt.log)"
+    fi
+}
+
+ensure_packages() {
+    local missing=() p
+    for p in busybox-static cpio kmod binutils; do
+        [[ -n $(installed_version "$p") ]] || missing+=("$p")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        apt_quiet apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+
+    # vhost-user-gpu under TCG needs QEMU >= 10; bookworm itself has 7.2.
+    local qv
+    qv=$(installed_version qemu-system-x86)
+    if [[ -z $qv ]] || ! dpkg --compare-versions "$qv" ge 1:10; then
+        ensure_backports_source
+        log "installing qemu-system-x86 from bookworm-backports"
+        apt_quiet apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86
+    fi
+}
+
+# --- kernel -------------------------------------------------------------------
+
+# Downloads (once) and unpacks (once) the newest 6.1 kernel apt knows about.
+# Sets KVER and KROOT. Falls back to the newest cached kernel when apt has
+# nothing to offer (no network, stale lists).
+ensure_kernel() {
+    local pkg deb_dir=$CACHE/debs
+    pkg=$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' |
+        awk '{ print $1 }' | sort -V | tail -n 1)
+
+    if [[ -z $pkg ]]; then
+        KVER=$(find "$CACHE/kernel" -mindepth 1 -maxdepth 1 -type d -name '6.1.0-*' \
+            -printf '%f\n' 2>/dev/null | sort -V | tail -n 1)
+        [[ -n $KVER ]] || die "apt offers no linux-image-6.1.0-*-amd64-unsigned and nothing is cached"
+        log "apt offers no 6.1 kernel; using cached $KVER"
+        KROOT=$CACHE/kernel/$KVER
+        return
+    fi
+
+    KVER=${pkg#linux-image-}
+    KVER=${KVER%-unsigned}
+    KROOT=$CACHE/kernel/$KVER
+
+    if [[ -f $KROOT/.unpacked ]]; then
+        return
+    fi
+
+    # The exact file name apt would download, without downloading it.
+    local deb
+    deb=$(apt-get download --print-uris "$pkg" | awk '{ print $2 }')
+    [[ -n $deb ]] || die "apt-get cannot locate $pkg"
+    mkdir -p "$deb_dir"
+    if [[ ! -f $deb_dir/$deb ]]; then
+        log "downloading $pkg"
+        # apt downloads into the current directory.
+        (cd "$deb_dir" && apt_quiet apt-get download "$pkg")
+        [[ -f $deb_dir/$deb ]] || die "download of $pkg failed"
+    fi
+
+    log "unpacking $deb"
+    rm -rf "$KROOT" "$KROOT.tmp"
+    mkdir -p "$KROOT.tmp"
+    dpkg-deb -x "$deb_dir/$deb" "$KROOT.tmp"
+    depmod -b "$KROOT.tmp" "$KVER"
+    touch "$KROOT.tmp/.unpacked"
+    mv "$KROOT.tmp" "$KROOT"
+}
+
+# Path of a module's .ko file inside the unpacked kernel.
+module_file() {
+    modinfo -b "$KROOT" -k "$KVER" -F filename "$1"
+}
+
+# Fails unless every module of MODULES comes after all its dependencies
+# (which also proves that MODULES holds their whole dependency closure).
+check_module_order() {
+    local -A seen=()
+    local m dep deps
+    for m in "${MODULES[@]}"; do
+        deps=$(modinfo -b "$KROOT" -k "$KVER" -F depends "$m")
+        for dep in ${deps//,/ }; do
+            dep=${dep//-/_}
+            [[ -n ${seen[$dep]:-} ]] || die "module $m needs $dep, which is not loaded before it"
+        done
+        seen[${m//-/_}]=1
+    done
+}
+
+# --- guest programs -----------------------------------------------------------
+
+build_probe() {
+    log "building mali-guest-probe (static)"
+    (
+        cd "$ROOT"
+        RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$GUEST_TARGET_DIR \
+            cargo build --quiet --release --target "$RUST_TARGET" --bin mali-guest-probe
+    )
+    # A dynamically linked binary would fail in the initramfs with a
+    # confusing "not found": refuse it here instead.
+    if readelf -l "$PROBE" | grep -q 'INTERP'; then
+        die "$PROBE is not statically linked"
+    fi
+}
+
+# --- initramfs ----------------------------------------------------------------
+
+# Stages and packs the initramfs when an input changed.
+build_initramfs() {
+    local stage=$OUT/initramfs.d image=$OUT/initramfs.cpio.gz
+    local busybox=/bin/busybox init=$ROOT/ci/guest-init.sh
+    local m
+
+    mkdir -p "$OUT"
+
+    # Everything that goes into the image, by content.
+    local stamp inputs=("$busybox" "$PROBE" "$init")
+    for m in "${MODULES[@]}"; do inputs+=("$(module_file "$m")"); done
+    stamp=$(
+        {
+            sha256sum "${inputs[@]}"
+            printf '%s\n' "${MODULES[@]}"
+        } | sha256sum | cut -d' ' -f1
+    )
+    if [[ -f $image && -f $image.stamp && $(<"$image.stamp") == "$stamp" ]]; then
+        log "initramfs up to date"
+        return
+    fi
+
+    log "building initramfs for $KVER"
+    rm -rf "$stage"
+    mkdir -p "$stage"/{bin,dev,etc,proc,sys,lib/modules}
+    install -m 755 "$busybox" "$stage/bin/busybox"
+    local applet
+    for applet in $("$busybox" --list); do
+        [[ $applet == busybox ]] || ln -s busybox "$stage/bin/$applet"
+    done
+    install -m 755 "$init" "$stage/init"
+    # Debug info is of no use in the guest and triples the image size.
+    strip -o "$stage/bin/mali-guest-probe" "$PROBE"
+
+    # /init loads the modules in this order.
+    printf '%s\n' "${MODULES[@]}" >"$stage/etc/modules.order"
+    local src
+    for m in "${MODULES[@]}"; do
+        src=$(module_file "$m")
+        case $src in
+            *.ko) cp "$src" "$stage/lib/modules/$m.ko" ;;
+            *.ko.xz) xz -dc "$src" >"$stage/lib/modules/$m.ko" ;;
+            *.ko.zst) zstd -q -dc "$src" >"$stage/lib/modules/$m.ko" ;;
+            *) die "unexpected module file $src" ;;
+        esac
+    done
+
+    # The kernel opens /dev/console for /init before devtmpfs is mounted.
+    mknod -m 600 "$stage/dev/console" c 5 1
+
+    (
+        cd "$stage"
+        find . -mindepth 1 | LC_ALL=C sort |
+            cpio --quiet -o -H newc --reproducible -R 0:0
+    ) | gzip -9 -n >"$image.tmp"
+    mv "$image.tmp" "$image"
+    printf '%s\n' "$stamp" >"$image.stamp"
+}
+
+main() {
+    [[ $(id -u) == 0 ]] || die "must run as root (apt, depmod)"
+    ensure_packages
+    ensure_kernel
+    check_module_order
+    build_probe
+    build_initramfs
+
+    local kernel=$KROOT/boot/vmlinuz-$KVER
+    [[ -f $kernel ]] || die "kernel image $kernel missing"
+    cat >"$OUT/guest.env" <<EOF
+KVER=$KVER
+KERNEL=$kernel
+INITRD=$OUT/initramfs.cpio.gz
+EOF
+    log "ready: kernel $KVER, initramfs $OUT/initramfs.cpio.gz"
+}
+
+main "$@"
