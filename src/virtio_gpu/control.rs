@@ -332,6 +332,7 @@ impl GpuState {
             .iter_mut()
             .for_each(|s| *s = ScanoutSource::Off);
         display::reset_thread_pixels();
+        counts
     }
 
     /// Handles one request read from `reader`, writing the response to
