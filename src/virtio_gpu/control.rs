@@ -380,6 +380,17 @@ impl GpuState {
                 (e.code(), Vec::new())
             }
         };
+        debug!(
+            "{} ctx {}{} -> {}",
+            cmd::name(hdr.type_),
+            hdr.ctx_id,
+            if hdr.is_fenced() {
+                format!(" fence {}", hdr.fence_id)
+            } else {
+                String::new()
+            },
+            cmd::name(code)
+        );
         let len = match writer {
             Some(w) => write_response(w, hdr.response(code), &body, &mut self.limiter),
             None => 0,
