@@ -5,3 +5,5 @@
 
 pub mod cs;
 pub mod mmu;
+pub mod model;
+pub mod sync;
