@@ -221,9 +221,11 @@ impl GpuDevice {
                     .disable_notification()
                     .map_err(|e| io::Error::other(e.to_string()))?;
             }
-            let done = self.drain(vring, queue, &atomic);
+            let (done, broken) = self.drain(vring, queue, &atomic);
             self.return_chains(vring, &done)?;
-            if !event_idx {
+            // A broken queue would report new work forever: stop until the
+            // next kick instead of spinning.
+            if !event_idx || broken {
                 break;
             }
             match vring.enable_notification() {
@@ -236,14 +238,16 @@ impl GpuDevice {
     }
 
     /// Handles every available chain; returns the chains ready for the used
-    /// ring.
+    /// ring, and whether the queue turned out to be broken (an avail index
+    /// the device cannot trust).
     fn drain(
         &self,
         vring: &VringRwLock,
         queue: u16,
         atomic: &GuestMemoryAtomic<GuestMemoryMmap>,
-    ) -> Vec<HeldChain> {
+    ) -> (Vec<HeldChain>, bool) {
         let mut ready = Vec::new();
+        let mut broken = false;
         loop {
             let guard = atomic.memory();
             let chain = {
@@ -255,6 +259,7 @@ impl GpuDevice {
                             lock(&self.limiter),
                             "queue {queue} is broken ({e}); waiting for a reset"
                         );
+                        broken = true;
                         None
                     }
                 }
@@ -280,7 +285,7 @@ impl GpuDevice {
                 }
             }
         }
-        ready
+        (ready, broken)
     }
 }
 
