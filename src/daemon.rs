@@ -202,6 +202,7 @@ pub fn serve(
         shutdown.set_connection(None);
         device.stop_worker();
         drop(daemon);
+        device.close_handed_out_fds();
         match result {
             Ok(()) => info!(
                 "connection {served} closed after {} requests",

@@ -8,6 +8,7 @@
 //! device pops is returned, whatever the guest put in it.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -87,6 +88,7 @@ pub struct GpuDevice {
     seen_generation: AtomicU64,
     control_vring: Mutex<Option<VringRwLock>>,
     exit: Exit,
+    handed_out_fds: Mutex<Vec<RawFd>>,
     limiter: Mutex<LogLimiter>,
     num_scanouts: u32,
     num_capsets: u32,
@@ -117,6 +119,7 @@ impl GpuDevice {
             seen_generation: AtomicU64::new(0),
             control_vring: Mutex::new(None),
             exit: Exit { consumer, notifier },
+            handed_out_fds: Mutex::new(Vec::new()),
             limiter: Mutex::new(LogLimiter::default()),
             commands: AtomicU64::new(0),
         })
@@ -125,6 +128,19 @@ impl GpuDevice {
     /// Asks the vring worker thread to stop.
     pub fn stop_worker(&self) {
         let _ = self.exit.notifier.notify();
+    }
+
+    /// Closes the exit-event descriptors handed to the vhost-user library,
+    /// which leaks them. Call only after the connection's `VhostUserDaemon`
+    /// has been dropped, so no worker or epoll set still uses them.
+    pub fn close_handed_out_fds(&self) {
+        for fd in lock(&self.handed_out_fds).drain(..) {
+            // SAFETY: `fd` was created by `try_clone` in `exit_event` and
+            // passed to the library, which only registered it with the
+            // worker's epoll instance (now closed) and never closes it
+            // itself. Taking ownership here closes it exactly once.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
     }
 
     /// Number of fenced chains held back for ordering.
@@ -370,6 +386,10 @@ impl VhostUserBackend for GpuDevice {
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let c = self.exit.consumer.try_clone().ok()?;
         let n = self.exit.notifier.try_clone().ok()?;
+        // vhost-user-backend turns the consumer into a raw descriptor for
+        // its epoll set and never closes it; remember it so the daemon can
+        // close it once the worker is gone (see `close_handed_out_fds`).
+        lock(&self.handed_out_fds).push(c.as_raw_fd());
         Some((c, n))
     }
 
@@ -403,6 +423,11 @@ impl VhostUserBackend for GpuDevice {
                 *cv = Some(vring.clone());
             }
         }
-        self.process_queue(vring, device_event)
+        // An error here would end the worker thread for good; log it and
+        // keep serving instead.
+        if let Err(e) = self.process_queue(vring, device_event) {
+            guest_warn!(lock(&self.limiter), "queue {device_event}: {e}");
+        }
+        Ok(())
     }
 }

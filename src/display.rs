@@ -29,6 +29,7 @@ use vhost::vhost_user::gpu_message::{
     VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuScanout, VhostUserGpuUpdate,
     VirtioGpuRespDisplayInfo,
 };
+use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 use vm_memory::{GuestMemory, GuestMemoryMmap, Permissions};
 
@@ -292,9 +293,11 @@ fn display_thread(
     rx: Receiver<DisplayMsg>,
     cache: Arc<(Mutex<InfoCache>, Condvar)>,
 ) {
+    // The device generates its own EDID and never sends dmabufs, so it
+    // acknowledges none of the display protocol's optional features.
     match backend.get_protocol_features() {
-        Ok(f) => {
-            if let Err(e) = backend.set_protocol_features(&f) {
+        Ok(_) => {
+            if let Err(e) = backend.set_protocol_features(&VhostUserU64::new(0)) {
                 warn!("display socket: SET_PROTOCOL_FEATURES failed: {e}");
             }
         }
