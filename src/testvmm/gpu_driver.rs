@@ -301,6 +301,17 @@ impl DaemonProcess {
         s
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Number of open file descriptors of the daemon (from /proc).
+    pub fn open_fds(&self) -> Option<usize> {
+        let pid = self.pid()?;
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    }
+
     /// Resident set size of the daemon in KiB (from /proc).
     pub fn rss_kib(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();

@@ -975,9 +975,11 @@ impl GpuState {
             return Err(invalid("stride smaller than a row"));
         }
         // The last byte of the framebuffer must be inside the blob.
-        let end = u64::from(req.offsets[0])
-            + u64::from(stride) * u64::from(req.height - 1)
-            + u64::from(req.width) * 4;
+        let end = u64::from(stride)
+            .checked_mul(u64::from(req.height - 1))
+            .and_then(|v| v.checked_add(u64::from(req.offsets[0])))
+            .and_then(|v| v.checked_add(u64::from(req.width) * 4))
+            .ok_or_else(|| invalid("framebuffer size overflows"))?;
         if end > size {
             return Err(invalid(format!(
                 "framebuffer ends at {end:#x}, blob is {size:#x}"
@@ -1115,9 +1117,11 @@ impl GpuState {
         let row = v.width as usize * 4;
         let mut pixels = vec![0u8; row * v.height as usize];
         for (y, chunk) in pixels.chunks_mut(row).enumerate() {
-            let off = u64::from(offset)
-                + u64::from(stride) * (u64::from(v.y) + y as u64)
-                + u64::from(v.x) * 4;
+            // Cannot overflow: SET_SCANOUT_BLOB checked that the whole
+            // framebuffer, which contains this row, ends inside the blob.
+            let off = u64::from(stride)
+                .checked_mul(u64::from(v.y) + y as u64)
+                .and_then(|o| o.checked_add(u64::from(offset) + u64::from(v.x) * 4))?;
             if let Err(e) = crate::virtio_gpu::backing_io::read(mem, &backing, off, chunk) {
                 guest_warn!(self.limiter, "blob scanout read: {e}");
                 return None;
