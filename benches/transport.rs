@@ -1,14 +1,20 @@
-//! The transport floor: round trips through the echo back end over a real
-//! vhost-user socket, driver and device threads in one process.
+//! The transport floor and the virtio-gpu device measured against it in the
+//! same run: round trips over a real vhost-user socket, driver and device
+//! threads in one process.
 //!
 //! Measures, in each CPU placement (unpinned; driver and device pinned to
 //! the same CPU; pinned to different CPUs):
-//! - one request in flight (64-byte request, 64-byte response) on the bare
-//!   driver queue: add chain, kick, sleep on the call eventfd, read used;
-//!   once with precise waits (a kernel timer per sleep) and once with coarse
-//!   waits (no timer; the closest to the raw transport);
-//! - the same through `TestVmm::request` (arena buffers, poisoning, copies);
-//! - throughput with 64 requests per kick.
+//! - the echo back end (the floor): one request in flight (64-byte request,
+//!   64-byte response) on the bare driver queue: add chain, kick, sleep on
+//!   the call eventfd, read used; once with precise waits (a kernel timer per
+//!   sleep) and once with coarse waits (no timer; the closest to the raw
+//!   transport); the same through `TestVmm::request`; throughput with 64
+//!   requests per kick;
+//! - the daemon's virtio-gpu device, started in this process: GET_DISPLAY_INFO
+//!   (24-byte request, 408-byte response) and a fenced SUBMIT_3D carrying one
+//!   native NOP, one in flight, and GET_DISPLAY_INFO at 64 per kick. Each is
+//!   printed as a ratio to the echo figure of the same placement and wait
+//!   mode.
 //!
 //! `cargo bench --bench transport`; `TRANSPORT_ITERS` (default 20000) sets
 //! the round trips per measurement and `TRANSPORT_BATCHES` (default 2000) the
@@ -18,7 +24,14 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use vhost_user_mali::testvmm::gpu_driver::{
+    fenced, hdr, with_tail, GpuDriver, InProcessDaemon, ALL_GPU_FEATURES,
+};
 use vhost_user_mali::testvmm::{spawn_echo_daemon, Buf, EchoDaemon, TestVmm, VmmConfig, WaitMode};
+use vhost_user_mali::uapi::native::{NativeCmdHdr, NATIVE_CMD_NOP};
+use vhost_user_mali::virtio_gpu::control::GpuConfig;
+use vhost_user_mali::virtio_gpu::protocol::{cmd, CmdSubmit, CtrlHdr, RespDisplayInfo};
+use vm_memory::ByteValued;
 
 const WARMUP: usize = 2_000;
 const BATCH: usize = 64;
@@ -96,14 +109,15 @@ fn print_latency(label: &str, s: &Stats) {
     );
 }
 
-/// One request in flight on the bare driver queue.
-fn bare_round_trips(vmm: &mut TestVmm, n: usize) -> Vec<u64> {
-    let req = vmm.alloc(MSG as u64, 64).expect("alloc");
-    let resp = vmm.alloc(MSG as u64, 64).expect("alloc");
-    vmm.write_guest(req, &[0x42; MSG]).expect("write");
+/// One request in flight on the bare driver queue: `req` in, a response of
+/// `resp_len` bytes expected back.
+fn round_trips(vmm: &mut TestVmm, req: &[u8], resp_len: usize, n: usize) -> Vec<u64> {
+    let req_addr = vmm.alloc(req.len() as u64, 64).expect("alloc");
+    let resp = vmm.alloc(resp_len as u64, 64).expect("alloc");
+    vmm.write_guest(req_addr, req).expect("write");
     let chain = [
-        Buf::readable(req, MSG as u32),
-        Buf::writable(resp, MSG as u32),
+        Buf::readable(req_addr, req.len() as u32),
+        Buf::writable(resp, resp_len as u32),
     ];
     let q = vmm.queue(0);
     let mut out = Vec::with_capacity(n);
@@ -111,11 +125,15 @@ fn bare_round_trips(vmm: &mut TestVmm, n: usize) -> Vec<u64> {
         let t = Instant::now();
         q.add_chain(&chain).expect("add_chain");
         q.kick().expect("kick");
-        let used = q.wait_used(WAIT).expect("echo timed out");
+        let used = q.wait_used(WAIT).expect("request timed out");
         out.push(t.elapsed().as_nanos() as u64);
-        assert_eq!(used.len as usize, MSG);
+        assert_eq!(used.len as usize, resp_len);
     }
     out
+}
+
+fn bare_round_trips(vmm: &mut TestVmm, n: usize) -> Vec<u64> {
+    round_trips(vmm, &[0x42; MSG], MSG, n)
 }
 
 /// One request in flight through the convenience layer.
@@ -131,15 +149,16 @@ fn request_round_trips(vmm: &mut TestVmm, n: usize) -> Vec<u64> {
     out
 }
 
-/// Requests per second with `BATCH` requests per kick.
-fn batched_throughput(vmm: &mut TestVmm, batches: usize) -> f64 {
+/// Requests per second with `BATCH` copies of `req` per kick.
+fn batched(vmm: &mut TestVmm, req: &[u8], resp_len: usize, batches: usize) -> f64 {
     let mut chains = Vec::with_capacity(BATCH);
     for _ in 0..BATCH {
-        let req = vmm.alloc(MSG as u64, 64).expect("alloc");
-        let resp = vmm.alloc(MSG as u64, 64).expect("alloc");
+        let req_addr = vmm.alloc(req.len() as u64, 64).expect("alloc");
+        let resp = vmm.alloc(resp_len as u64, 64).expect("alloc");
+        vmm.write_guest(req_addr, req).expect("write");
         chains.push([
-            Buf::readable(req, MSG as u32),
-            Buf::writable(resp, MSG as u32),
+            Buf::readable(req_addr, req.len() as u32),
+            Buf::writable(resp, resp_len as u32),
         ]);
     }
     let q = vmm.queue(0);
@@ -153,6 +172,74 @@ fn batched_throughput(vmm: &mut TestVmm, batches: usize) -> f64 {
         assert_eq!(got.len(), BATCH, "batch timed out");
     }
     (batches * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn batched_throughput(vmm: &mut TestVmm, batches: usize) -> f64 {
+    batched(vmm, &[0x42; MSG], MSG, batches)
+}
+
+/// A fenced SUBMIT_3D to context 1 carrying one native NOP.
+fn fenced_nop() -> Vec<u8> {
+    let nop = NativeCmdHdr {
+        cmd: NATIVE_CMD_NOP,
+        len: 16,
+        seqno: 0,
+        rsp_off: 0,
+    };
+    let mut h = fenced(cmd::SUBMIT_3D, 1, 1, Some(0));
+    h.type_ = cmd::SUBMIT_3D;
+    with_tail(
+        &CmdSubmit {
+            hdr: h,
+            size: 16,
+            num_in_fences: 0,
+        },
+        nop.as_slice(),
+    )
+}
+
+/// The virtio-gpu device, measured like the echo floor; prints each figure
+/// with its ratio to `floor` (echo p50 one in flight, echo requests/s).
+/// The daemon is started from the calling thread, so its threads take the
+/// caller's CPU placement; the driver then moves to `driver_pin`.
+fn gpu_device(iters: usize, batches: usize, floor: (f64, f64), driver_pin: &[usize]) {
+    let daemon = InProcessDaemon::start(GpuConfig::default()).expect("daemon");
+    let mut g = GpuDriver::connect(&daemon.socket, ALL_GPU_FEATURES).expect("connect");
+    set_affinity(driver_pin).expect("pin driver");
+    assert_eq!(
+        g.ctx_create(1, 6, "bench").expect("ctx"),
+        cmd::RESP_OK_NODATA
+    );
+    let vmm = &mut g.vmm;
+    for q in 0..vmm.num_queues() {
+        vmm.queue(q).set_wait_mode(COARSE).expect("wait mode");
+    }
+    let info_req = hdr(cmd::GET_DISPLAY_INFO);
+    let info_len = std::mem::size_of::<RespDisplayInfo>();
+    let hdr_len = std::mem::size_of::<CtrlHdr>();
+    let cases: [(&str, Vec<u8>, usize); 2] = [
+        ("GET_DISPLAY_INFO", info_req.as_slice().to_vec(), info_len),
+        ("fenced SUBMIT_3D (NOP)", fenced_nop(), hdr_len),
+    ];
+    for (label, req, resp_len) in &cases {
+        round_trips(vmm, req, *resp_len, WARMUP);
+        let s = stats(round_trips(vmm, req, *resp_len, iters));
+        print_latency(&format!("{label}, coarse wait"), &s);
+        println!(
+            "  {:<28} p50 {:.2}x the echo round trip",
+            "",
+            s.p50 / floor.0
+        );
+        vmm.reset_alloc();
+    }
+    batched(vmm, info_req.as_slice(), info_len, batches / 10 + 1);
+    let rps = batched(vmm, info_req.as_slice(), info_len, batches);
+    println!(
+        "  {:<28} {:>7.2} M requests/s, {:.2}x echo",
+        format!("GET_DISPLAY_INFO {BATCH}/kick"),
+        rps / 1e6,
+        rps / floor.1
+    );
 }
 
 fn socket_path(tag: &str) -> PathBuf {
@@ -198,10 +285,11 @@ fn run(
         vmm.queue(q).set_wait_mode(COARSE).expect("wait mode");
     }
     bare_round_trips(&mut vmm, WARMUP);
-    print_latency(
-        "round trip, coarse wait",
-        &stats(bare_round_trips(&mut vmm, iters)),
-    );
+    let echo_p50 = {
+        let s = stats(bare_round_trips(&mut vmm, iters));
+        print_latency("round trip, coarse wait", &s);
+        s.p50
+    };
     vmm.reset_alloc();
     request_round_trips(&mut vmm, WARMUP);
     print_latency(
@@ -225,6 +313,12 @@ fn run(
     drop(vmm);
     drop(daemon);
     let _ = std::fs::remove_file(&path);
+    // The daemon's threads are created by the thread that starts it.
+    if let Some(c) = device_cpu {
+        set_affinity(&[c]).expect("pin device");
+    }
+    let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
+    gpu_device(iters, batches, (echo_p50, rps), &driver_pin);
     set_affinity(&all).expect("restore affinity");
 }
 
