@@ -369,7 +369,7 @@ fn dead_display_does_not_stall_queues() {
         let d = common::daemon(&[]);
         let mut g = common::driver(&d, ALL_GPU_FEATURES);
         let cfg = DisplayConfig {
-            behaviour: behaviour.clone(),
+            behaviour,
             ..DisplayConfig::default()
         };
         let _peer = g.vmm.gpu_socket_with(cfg).unwrap();
