@@ -4,6 +4,7 @@
 //! This part of the crate is independent of the virtio transport.
 
 pub mod cs;
+pub mod interp;
 pub mod mmu;
 pub mod model;
 pub mod sync;

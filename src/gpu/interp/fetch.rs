@@ -1,0 +1,242 @@
+//! The instruction window: the part of the current page of the current
+//! buffer, read from guest memory and pre-decoded in one go.
+//!
+//! A fill reads `[max(page start, buffer start), min(page end, buffer end))`
+//! through the MMU as a data read (`Access::Read`: Panthor maps ring
+//! buffers NOEXEC, so the command-stream frontend's fetch cannot be an
+//! execute access; user streams are fetched the same way), decodes every
+//! word and checks its register and scoreboard operands against the model,
+//! so the execution loop does neither. A fill costs one translation and
+//! one copy of at most a page, plus a decode per word.
+//!
+//! Coherency: like a hardware prefetcher, the window is not kept coherent
+//! with every write. It is dropped at the start of every slice, when the
+//! host moves the ring's insert pointer (it has just written new jobs), and
+//! when the stream itself writes over it (STORE_MULTIPLE, SYNC_ADD/SET,
+//! STORE_STATE at an overlapping VA; writes through another VA aliasing the
+//! same memory are not noticed). A guest CPU write to a buffer the stream
+//! is executing becomes visible at the next fill: the next slice, the next
+//! page, or the next CALL/JUMP/return into another page.
+
+use crate::gpu::cs::{decode, Cond, Instr};
+use crate::gpu::mmu::{Fault, PAGE_SIZE};
+
+use super::env::ExecEnv;
+use super::stop::{exception, FaultReason};
+
+/// Instructions in a 4 KiB page.
+pub(super) const WINDOW_WORDS: usize = (PAGE_SIZE / 8) as usize;
+
+/// What the execution loop does with a pre-decoded word. The register-only
+/// instructions get their own kinds (one per branch condition) and run in
+/// the loop itself; everything else is [`Kind::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Kind {
+    Nop,
+    Move32,
+    Move48,
+    AddImm32,
+    AddImm64,
+    Umin32,
+    BranchLe,
+    BranchGt,
+    BranchEq,
+    BranchNe,
+    BranchLt,
+    BranchGe,
+    BranchAlways,
+    /// Any other valid instruction: see the window's `instrs`.
+    Other,
+    /// A word that must not execute; [`classify`] says why.
+    Bad,
+}
+
+/// One pre-decoded word, laid out flat so that the loop reads its fields
+/// straight from the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Op {
+    pub kind: Kind,
+    /// Destination register, or the register a branch tests.
+    pub a: u8,
+    /// First source register.
+    pub b: u8,
+    /// Second source register.
+    pub c: u8,
+    /// 32-bit immediate; for a branch, the offset in bytes (as `i32`).
+    pub imm: u32,
+    /// MOVE48 immediate, sign-extended ADD_IMMEDIATE64 immediate, or the
+    /// raw word of a [`Kind::Bad`].
+    pub w: u64,
+}
+
+impl Op {
+    const fn new(kind: Kind, a: u8, b: u8, c: u8, imm: u32, w: u64) -> Self {
+        Self {
+            kind,
+            a,
+            b,
+            c,
+            imm,
+            w,
+        }
+    }
+
+    /// The flat form of a valid instruction.
+    fn from_instr(i: &Instr) -> Self {
+        match *i {
+            Instr::Nop { .. } => Self::new(Kind::Nop, 0, 0, 0, 0, 0),
+            Instr::Move32 { dst, imm } => Self::new(Kind::Move32, dst, 0, 0, imm, 0),
+            Instr::Move48 { dst, imm } => Self::new(Kind::Move48, dst, 0, 0, 0, imm),
+            Instr::AddImm32 { dst, src, imm } => {
+                Self::new(Kind::AddImm32, dst, src, 0, imm as u32, 0)
+            }
+            Instr::AddImm64 { dst, src, imm } => {
+                Self::new(Kind::AddImm64, dst, src, 0, 0, i64::from(imm) as u64)
+            }
+            Instr::Umin32 { dst, src0, src1 } => Self::new(Kind::Umin32, dst, src0, src1, 0, 0),
+            Instr::Branch {
+                cond,
+                value,
+                offset,
+            } => {
+                let kind = match cond {
+                    Cond::Le => Kind::BranchLe,
+                    Cond::Gt => Kind::BranchGt,
+                    Cond::Eq => Kind::BranchEq,
+                    Cond::Ne => Kind::BranchNe,
+                    Cond::Lt => Kind::BranchLt,
+                    Cond::Ge => Kind::BranchGe,
+                    Cond::Always => Kind::BranchAlways,
+                };
+                Self::new(kind, value, 0, 0, (i32::from(offset) * 8) as u32, 0)
+            }
+            _ => Self::new(Kind::Other, 0, 0, 0, 0, 0),
+        }
+    }
+}
+
+/// The fetched and pre-decoded words of `[start, start + bytes)`.
+#[derive(Debug, Clone)]
+pub(super) struct Window {
+    pub start: u64,
+    /// Length in bytes (0 = empty).
+    pub bytes: u64,
+    /// The flat form of each word.
+    pub ops: Box<[Op]>,
+    /// The decoded instruction of each [`Kind::Other`] word.
+    pub instrs: Box<[Instr]>,
+}
+
+impl Window {
+    pub fn new() -> Self {
+        Self {
+            start: 0,
+            bytes: 0,
+            ops: vec![Op::new(Kind::Bad, 0, 0, 0, 0, 0); WINDOW_WORDS].into_boxed_slice(),
+            instrs: vec![Instr::ErrorBarrier; WINDOW_WORDS].into_boxed_slice(),
+        }
+    }
+
+    #[inline]
+    pub fn invalidate(&mut self) {
+        self.bytes = 0;
+    }
+
+    /// Drops the window if `[va, va + len)` overlaps it.
+    #[inline]
+    pub fn note_write(&mut self, va: u64, len: u64) {
+        let end = self.start + self.bytes;
+        if self.bytes != 0 && va < end && va.saturating_add(len) > self.start {
+            self.bytes = 0;
+        }
+    }
+
+    /// Fills the window around `ip`, inside the buffer `[start, end)`
+    /// (which contains `ip`).
+    pub fn fill<E: ExecEnv>(
+        &mut self,
+        env: &mut E,
+        ip: u64,
+        start: u64,
+        end: u64,
+        reg_count: usize,
+        scoreboards: usize,
+    ) -> Result<(), Fault> {
+        let page = ip & !(PAGE_SIZE - 1);
+        let lo = page.max(start);
+        let hi = page.saturating_add(PAGE_SIZE).min(end);
+        let len = (hi.saturating_sub(lo) as usize).min(WINDOW_WORDS * 8);
+        let mut bytes = [0u8; PAGE_SIZE as usize];
+        let buf = &mut bytes[..len];
+        let (vm, mem) = env.memory();
+        vm.read_bytes(mem, lo, buf).map_err(|mut f| {
+            // The whole page faults alike; report the address fetched.
+            f.va = ip;
+            f
+        })?;
+        for ((op, instr), word) in self
+            .ops
+            .iter_mut()
+            .zip(self.instrs.iter_mut())
+            .zip(buf.chunks_exact(8))
+        {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            let word = u64::from_le_bytes(w);
+            match decode(word) {
+                Ok(i) if i.check_registers(reg_count).is_ok() && slots_ok(&i, scoreboards) => {
+                    *op = Op::from_instr(&i);
+                    *instr = i;
+                }
+                _ => *op = Op::new(Kind::Bad, 0, 0, 0, 0, word),
+            }
+        }
+        self.start = lo;
+        self.bytes = len as u64 & !7;
+        Ok(())
+    }
+}
+
+/// Whether every scoreboard slot the instruction names exists.
+fn slots_ok(i: &Instr, scoreboards: usize) -> bool {
+    match *i {
+        Instr::SetSbEntry { endpoint, other } => {
+            usize::from(endpoint) < scoreboards && usize::from(other) < scoreboards
+        }
+        _ => match i.async_fields() {
+            Some((_, slot)) => usize::from(slot) < scoreboards,
+            None => true,
+        },
+    }
+}
+
+/// Why a word was refused, and the exception code for it:
+/// INSTR_INVALID_ENC for a word that does not decode, CS_INSTR_INVALID for
+/// a valid encoding naming a register or scoreboard slot the model lacks.
+pub(super) fn classify(word: u64, reg_count: usize, scoreboards: usize) -> (u8, FaultReason) {
+    let instr = match decode(word) {
+        Ok(i) => i,
+        Err(e) => return (exception::INSTR_INVALID_ENC, FaultReason::Decode(e)),
+    };
+    if let Err(e) = instr.check_registers(reg_count) {
+        return (exception::CS_INSTR_INVALID, FaultReason::Register(e));
+    }
+    let bad_slot = match instr {
+        Instr::SetSbEntry { endpoint, other } => {
+            if usize::from(endpoint) >= scoreboards {
+                endpoint
+            } else {
+                other
+            }
+        }
+        _ => instr.async_fields().map_or(0, |(_, s)| s),
+    };
+    (
+        exception::CS_INSTR_INVALID,
+        FaultReason::ScoreboardSlot {
+            slot: bad_slot,
+            count: scoreboards,
+        },
+    )
+}
