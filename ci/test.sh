@@ -23,7 +23,14 @@ mkdir -p ci/out
 # tests; the benchmarks are compiled by clippy above but not run here.
 cargo test 2>&1 | tee ci/out/cargo-test.log
 # cargo prints one summary line per test binary; add them up.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo tests: %d passed, %d failed\n", p, f }' ci/out/cargo-test.log
+read -r CARGO_PASSED CARGO_FAILED < <(awk '/^test result:/ { p += $4; f += $6 } END { print p + 0, f + 0 }' ci/out/cargo-test.log)
+echo "cargo tests: $CARGO_PASSED passed, $CARGO_FAILED failed"
 
 step "end to end: Linux guest under QEMU with the daemon"
-bash ci/e2e.sh
+BOOTS=2
+bash ci/e2e.sh --boots "$BOOTS"
+
+# One closing line for the whole run: every cargo test and every guest boot.
+# Any failure has already stopped the script with a non-zero status.
+echo
+echo "ci: $((CARGO_PASSED + BOOTS)) passed, 0 failed"
