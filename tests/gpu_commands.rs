@@ -52,6 +52,11 @@ fn config_space_matches_capset_info() {
     assert_eq!(c.events_read, 0);
     // Out-of-range config reads do not crash the daemon.
     let _ = g.vmm.get_config(12, 8);
+    // events_clear is accepted (nothing is pending), other writes are
+    // ignored, and the read-only fields do not change.
+    g.vmm.set_config(4, &1u32.to_le_bytes()).unwrap();
+    g.vmm.set_config(8, &7u32.to_le_bytes()).unwrap();
+    assert_eq!(g.vmm.get_config(0, 16).unwrap(), cfg);
     for i in 0..c.num_capsets {
         let r = g
             .ctrl(
