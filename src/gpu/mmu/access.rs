@@ -44,28 +44,39 @@ impl GpuVm {
         Ok((t.gpa, t.contiguous.min(page_left(va))))
     }
 
+    /// Calls `f(guest_address, range_in_buffer)` for each page-contiguous
+    /// piece of `[va, va + len)`, translating each page for `access`.
+    fn for_each_piece(
+        &mut self,
+        va: u64,
+        len: usize,
+        access: Access,
+        mut f: impl FnMut(GuestAddress, std::ops::Range<usize>) -> Result<(), ()>,
+    ) -> Result<(), Fault> {
+        let mut done = 0usize;
+        while done < len {
+            let cur = va.checked_add(done as u64).ok_or(Fault::new(
+                FaultKind::AddressSizeIn,
+                u64::MAX,
+                access,
+            ))?;
+            let (gpa, avail) = self.page_gpa(cur, access)?;
+            let n = (len - done).min(avail as usize);
+            f(gpa, done..done + n).map_err(|()| Fault::new(FaultKind::Bus, cur, access))?;
+            done += n;
+        }
+        Ok(())
+    }
+
     /// Read `buf.len()` bytes at `va`.
     pub fn read_bytes<M>(&mut self, mem: &M, va: u64, buf: &mut [u8]) -> Result<(), Fault>
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let cur = va.checked_add(done as u64).ok_or(Fault::new(
-                FaultKind::AddressSizeIn,
-                u64::MAX,
-                Access::Read,
-            ))?;
-            let (gpa, avail) = self.page_gpa(cur, Access::Read)?;
-            let n = (buf.len() - done).min(avail as usize);
-            let chunk =
-                buf.get_mut(done..done + n)
-                    .ok_or(Fault::new(FaultKind::Bus, cur, Access::Read))?;
-            mem.read_slice(chunk, gpa)
-                .map_err(|_| Fault::new(FaultKind::Bus, cur, Access::Read))?;
-            done += n;
-        }
-        Ok(())
+        self.for_each_piece(va, buf.len(), Access::Read, |gpa, r| {
+            let chunk = buf.get_mut(r).ok_or(())?;
+            mem.read_slice(chunk, gpa).map_err(|_| ())
+        })
     }
 
     /// Write `buf` at `va`.
@@ -73,23 +84,10 @@ impl GpuVm {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let cur = va.checked_add(done as u64).ok_or(Fault::new(
-                FaultKind::AddressSizeIn,
-                u64::MAX,
-                Access::Write,
-            ))?;
-            let (gpa, avail) = self.page_gpa(cur, Access::Write)?;
-            let n = (buf.len() - done).min(avail as usize);
-            let chunk =
-                buf.get(done..done + n)
-                    .ok_or(Fault::new(FaultKind::Bus, cur, Access::Write))?;
-            mem.write_slice(chunk, gpa)
-                .map_err(|_| Fault::new(FaultKind::Bus, cur, Access::Write))?;
-            done += n;
-        }
-        Ok(())
+        self.for_each_piece(va, buf.len(), Access::Write, |gpa, r| {
+            let chunk = buf.get(r).ok_or(())?;
+            mem.write_slice(chunk, gpa).map_err(|_| ())
+        })
     }
 
     /// Read a little-endian `u32` at `va` (any alignment).
