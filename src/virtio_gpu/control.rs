@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{debug, info};
+use log::debug;
 use thiserror::Error;
 use virtio_queue::{Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryMmap};
@@ -934,7 +934,7 @@ impl GpuState {
             resource_id: req.resource_id,
             rect: req.r,
         };
-        info!(
+        debug!(
             "scanout {i}: resource {} {}x{}",
             req.resource_id, req.r.width, req.r.height
         );
@@ -1202,7 +1202,7 @@ impl GpuState {
             return Err(invalid(format!("capset {capset_id} is not offered")));
         }
         let name = String::from_utf8_lossy(&req.debug_name[..req.nlen as usize]).into_owned();
-        info!("context {id} created (capset {capset_id}, name {name:?})");
+        debug!("context {id} created (capset {capset_id}, name {name:?})");
         self.contexts.insert(
             id,
             Context {
