@@ -4,10 +4,7 @@
 use thiserror::Error;
 use vm_memory::ByteValued;
 
-use crate::uapi::native::{NativeCmdHdr, NATIVE_ALIGN};
-
-/// Most commands accepted in one SUBMIT_3D buffer.
-pub const MAX_COMMANDS_PER_SUBMIT: usize = 4096;
+use crate::uapi::native::{NativeCmdHdr, MAX_COMMANDS_PER_SUBMIT, NATIVE_ALIGN};
 
 /// Why a buffer's framing is wrong.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -37,7 +34,7 @@ pub enum FramingError {
     /// A response offset that is not 8-byte aligned.
     #[error("misaligned response offset {0:#x}")]
     MisalignedResponse(u32),
-    /// More commands than [`MAX_COMMANDS_PER_SUBMIT`].
+    /// More commands than `MAX_COMMANDS_PER_SUBMIT`.
     #[error("too many commands in one buffer")]
     TooMany,
 }
@@ -71,7 +68,7 @@ pub fn parse_commands(buf: &[u8]) -> Result<Vec<(NativeCmdHdr, &[u8])>, FramingE
             offset,
             len: hdr.len,
         })?;
-        if out.len() == MAX_COMMANDS_PER_SUBMIT {
+        if out.len() == MAX_COMMANDS_PER_SUBMIT as usize {
             return Err(FramingError::TooMany);
         }
         out.push((hdr, body));
