@@ -4,6 +4,8 @@
 //! This part of the crate is independent of the virtio transport.
 
 pub mod cs;
+pub mod engine;
+pub mod firmware;
 pub mod interp;
 pub mod mmu;
 pub mod model;

@@ -55,7 +55,7 @@ impl StreamState {
         if now > self.now {
             self.now = now;
         }
-        self.window.invalidate();
+        self.drop_windows();
         if let Some(stop) = self.retire_deferred(env) {
             return stop;
         }
@@ -201,8 +201,14 @@ impl StreamState {
     /// Fills the instruction window at `ip`.
     #[cold]
     fn refill<E: ExecEnv>(&mut self, env: &mut E) -> Option<Stop> {
-        self.stats.fetches += 1;
         let (ip, start, end) = (self.ip, self.start, self.end);
+        // Back in the buffer of the spare window (a return from a CALL):
+        // use it as it is. Otherwise the current window becomes the spare.
+        std::mem::swap(&mut self.window, &mut self.spare);
+        if ip.wrapping_sub(self.window.start) < self.window.bytes {
+            return None;
+        }
+        self.stats.fetches += 1;
         if let Err(fault) = self.window.fill(
             env,
             ip,
@@ -847,6 +853,7 @@ impl StreamState {
             let (vm, mem) = env.memory();
             let r = vm.write_bytes(mem, va, bytes);
             self.window.note_write(va, bytes.len() as u64);
+            self.spare.note_write(va, bytes.len() as u64);
             if let Err(f) = r {
                 return self.fault_flow(f, ip);
             }
@@ -915,6 +922,7 @@ impl StreamState {
             SyncKind::Set64 => vm.atomic_store_u64(mem, addr, value)?,
         }
         self.window.note_write(addr, size + 4);
+        self.spare.note_write(addr, size + 4);
         self.stats.sync_writes += 1;
         env.on_sync_write(addr, kind.is_64());
         Ok(())
@@ -994,6 +1002,7 @@ impl StreamState {
         let (vm, mem) = env.memory();
         let r = vm.write_u64(mem, addr, value);
         self.window.note_write(addr, 8);
+        self.spare.note_write(addr, 8);
         r
     }
 

@@ -272,6 +272,10 @@ pub struct StreamState {
     pub(super) root: Root,
 
     pub(super) window: Window,
+    /// The window of the buffer left by the last CALL or return, kept so
+    /// that coming back to it (a return into the ring after each job's
+    /// user stream) needs no new fill. Dropped together with `window`.
+    pub(super) spare: Window,
 
     /// Per slot: the modelled time its last pending operation completes.
     pub(super) sb_busy_until: [u64; MAX_SCOREBOARDS],
@@ -322,6 +326,7 @@ impl StreamState {
             depth: 0,
             root: Root::None,
             window: Window::new(),
+            spare: Window::new(),
             sb_busy_until: [0; MAX_SCOREBOARDS],
             sb_pending: 0,
             sb_endpoint: 0,
@@ -357,7 +362,7 @@ impl StreamState {
     fn restart(&mut self) {
         self.depth = 0;
         self.halted = None;
-        self.window.invalidate();
+        self.drop_windows();
     }
 
     /// Runs a ring buffer, as CS_START with RINGBUF_BASE / RINGBUF_SIZE and
@@ -447,7 +452,7 @@ impl StreamState {
             self.stack[0].end = end;
         }
         // The host wrote the ring: drop what was fetched.
-        self.window.invalidate();
+        self.drop_windows();
         Ok(())
     }
 
@@ -464,6 +469,13 @@ impl StreamState {
             } => (base + size).min(seg_va.saturating_add(insert - seg_extract)),
             _ => self.end,
         }
+    }
+
+    /// Drops both instruction windows (the stream's memory may have
+    /// changed).
+    pub(super) fn drop_windows(&mut self) {
+        self.window.invalidate();
+        self.spare.invalidate();
     }
 
     /// The ring's extract counter: the position of the next root

@@ -1828,6 +1828,46 @@ fn ring_wraps_around_its_end() {
 }
 
 #[test]
+fn returns_reuse_the_callers_window_unless_it_was_written() {
+    let mut env = TestEnv::new();
+    // Eight jobs calling the same user stream, run in one slice: the ring
+    // page and the user stream are each fetched once.
+    let mut q = Queue::new(&mut env, 0x1000);
+    let mut s = stream(TimingModel::ZERO);
+    s.start_ring(q.ring, q.size, 0, 0).unwrap();
+    let job = user_stream(&mut env, DATA + 0x8000, |b| {
+        b.add_imm32(20, 20, 1);
+    });
+    for _ in 0..8 {
+        q.push(&mut env, &kernel_job(0, DATA + 0x8000, job, q.syncobj));
+    }
+    s.set_insert(q.insert).unwrap();
+    assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    assert_eq!((s.reg(20), env.r64(q.syncobj)), (8, 8));
+    assert_eq!(s.stats().fetches, 2);
+
+    // A callee that rewrites the caller's next instruction: the return
+    // sees the new word.
+    let patched = Instr::Move32 { dst: 5, imm: 2 }.encode();
+    let callee = words(|b| {
+        b.move48(10, CODE + 3 * 8);
+        b.move32(12, patched as u32);
+        b.move32(13, (patched >> 32) as u32);
+        b.store_multiple(12, 0b11, 10, 0);
+    });
+    env.put(DATA, &callee);
+    let caller = words(|b| {
+        b.move48(0, DATA);
+        b.move32(2, 8 * callee.len() as u32);
+        b.call(0, 2);
+        b.move32(5, 1);
+    });
+    let (s, stop) = exec(&mut env, &caller);
+    assert_eq!(stop, Stop::Done);
+    assert_eq!(s.reg(5), 2);
+}
+
+#[test]
 fn ring_programming_errors() {
     let mut s = stream(TimingModel::ZERO);
     assert_eq!(s.start_ring(4, 4096, 0, 0), Err(ConfigError::Misaligned(4)));

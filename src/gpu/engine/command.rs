@@ -1,0 +1,232 @@
+//! What goes into the engine: the commands its thread executes, their
+//! arguments (jobs and bind ops with their sync operations) and the
+//! errors they report synchronously.
+
+use std::sync::mpsc::SyncSender;
+
+use thiserror::Error;
+
+use crate::gpu::firmware::{FwError, GroupCreate, GroupStatus, HeapCreate, HeapInfo, JobSubmit};
+use crate::gpu::mmu::{BindError, BindOp, VmBindError, VmState};
+use crate::gpu::sync::{SyncError, SyncHandle, SyncKind, SyncState, WaitFlags};
+
+/// `drm_panthor_sync_op.flags` bit 31: SIGNAL (clear: WAIT).
+pub const SYNC_OP_SIGNAL: u32 = 1 << 31;
+/// `drm_panthor_sync_op.flags` bits 7:0: the handle type.
+pub const SYNC_OP_HANDLE_TYPE_MASK: u32 = 0xff;
+
+/// One sync operation of a job or a bind op (`drm_panthor_sync_op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOp {
+    /// SIGNAL (true) or WAIT.
+    pub signal: bool,
+    /// The syncobj.
+    pub handle: SyncHandle,
+    /// The timeline point (0 for a binary syncobj).
+    pub point: u64,
+}
+
+impl SyncOp {
+    /// Decodes `{flags, handle, timeline_value}`: the handle type must be
+    /// SYNCOBJ (0) or TIMELINE_SYNCOBJ (1), no flag but SIGNAL may be set,
+    /// and a binary syncobj takes no timeline value.
+    pub fn from_uapi(flags: u32, handle: u32, timeline_value: u64) -> Result<Self, EngineError> {
+        let kind = SyncKind::from_panthor_handle_type(flags & SYNC_OP_HANDLE_TYPE_MASK)?;
+        if flags & !(SYNC_OP_HANDLE_TYPE_MASK | SYNC_OP_SIGNAL) != 0 {
+            return Err(EngineError::SyncOp("unknown sync op flags"));
+        }
+        if kind == SyncKind::Binary && timeline_value != 0 {
+            return Err(EngineError::SyncOp("binary syncobj with a timeline value"));
+        }
+        Ok(Self {
+            signal: flags & SYNC_OP_SIGNAL != 0,
+            handle,
+            point: timeline_value,
+        })
+    }
+
+    /// A WAIT on `handle` at `point`.
+    pub const fn wait(handle: SyncHandle, point: u64) -> Self {
+        Self {
+            signal: false,
+            handle,
+            point,
+        }
+    }
+
+    /// A SIGNAL of `handle` at `point`.
+    pub const fn signal(handle: SyncHandle, point: u64) -> Self {
+        Self {
+            signal: true,
+            handle,
+            point,
+        }
+    }
+}
+
+/// One GROUP_SUBMIT entry with its syncs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSubmit {
+    /// The job.
+    pub job: JobSubmit,
+    /// Its WAITs (ordering only) and SIGNALs (completed with the job's
+    /// result).
+    pub syncs: Vec<SyncOp>,
+    /// Echoed in the job's [`EngineEvent::JobDone`](super::EngineEvent::JobDone).
+    pub user_data: u64,
+}
+
+/// One VM_BIND op with its syncs.
+#[derive(Debug, Clone)]
+pub struct BindRequest {
+    /// The op, its BO looked up.
+    pub op: BindOp,
+    /// Its syncs (asynchronous binds only).
+    pub syncs: Vec<SyncOp>,
+}
+
+/// How a VM_BIND runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindMode {
+    /// At once, op after op; the first failure stops the batch.
+    Sync,
+    /// Queued on the VM's bind queue; [`EngineEvent::BindDone`](super::EngineEvent::BindDone)
+    /// carries `user_data` when the last op is done.
+    Async {
+        /// Echoed in the completion event.
+        user_data: u64,
+    },
+}
+
+/// Why the engine refused a command. Nothing changed when one is returned,
+/// except for [`EngineError::Bind`] (synchronous binds stop at the failing
+/// op).
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum EngineError {
+    /// Refused by the firmware model.
+    #[error(transparent)]
+    Fw(#[from] FwError),
+    /// A sync operation was refused by the syncobj table.
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    /// A synchronous VM_BIND stopped at an op (`completed` ops applied).
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// An op of an asynchronous VM_BIND failed validation; none was queued.
+    #[error("VM_BIND op {index}: {error}")]
+    BindOp {
+        /// Index of the refused op.
+        index: usize,
+        /// Why.
+        error: VmBindError,
+    },
+    /// A malformed sync operation.
+    #[error("invalid sync op: {0}")]
+    SyncOp(&'static str),
+    /// Too much work queued already (jobs of a queue or binds of a VM).
+    #[error("too much work queued; retry later")]
+    Busy,
+    /// The engine thread is gone.
+    #[error("the GPU engine is not running")]
+    Gone,
+}
+
+impl EngineError {
+    /// The errno to report to the guest.
+    pub fn errno(&self) -> i32 {
+        match self {
+            EngineError::Fw(e) => e.errno(),
+            EngineError::Sync(e) => e.errno(),
+            EngineError::Bind(e) => e.errno(),
+            EngineError::BindOp { error, .. } => error.errno(),
+            EngineError::SyncOp(_) => libc::EINVAL,
+            EngineError::Busy => libc::EAGAIN,
+            EngineError::Gone => libc::ENODEV,
+        }
+    }
+}
+
+/// Where a command's answer goes.
+pub(crate) type Reply<T> = SyncSender<Result<T, EngineError>>;
+
+/// A command for the engine thread.
+pub(crate) enum Command {
+    VmCreate {
+        user_va_range: u64,
+        reply: Reply<(u32, u64)>,
+    },
+    VmDestroy {
+        vm: u32,
+        reply: Reply<()>,
+    },
+    VmState {
+        vm: u32,
+        reply: Reply<VmState>,
+    },
+    VmBind {
+        vm: u32,
+        ops: Vec<BindRequest>,
+        mode: BindMode,
+        reply: Reply<()>,
+    },
+    GroupCreate {
+        args: GroupCreate,
+        reply: Reply<u32>,
+    },
+    GroupDestroy {
+        group: u32,
+        reply: Reply<()>,
+    },
+    GroupState {
+        group: u32,
+        reply: Reply<GroupStatus>,
+    },
+    GroupSubmit {
+        group: u32,
+        jobs: Vec<QueueSubmit>,
+        reply: Reply<()>,
+    },
+    HeapCreate {
+        args: HeapCreate,
+        reply: Reply<HeapInfo>,
+    },
+    HeapDestroy {
+        handle: u32,
+        reply: Reply<()>,
+    },
+    SyncCreate {
+        kind: SyncKind,
+        signaled: bool,
+        reply: Reply<SyncHandle>,
+    },
+    SyncDestroy {
+        handle: SyncHandle,
+        reply: Reply<()>,
+    },
+    SyncSignal {
+        handle: SyncHandle,
+        point: u64,
+        reply: Reply<()>,
+    },
+    SyncReset {
+        handle: SyncHandle,
+        reply: Reply<()>,
+    },
+    SyncQuery {
+        handle: SyncHandle,
+        reply: Reply<SyncState>,
+    },
+    SyncWait {
+        handle: SyncHandle,
+        point: u64,
+        flags: WaitFlags,
+        user_data: u64,
+        reply: Reply<()>,
+    },
+    MemoryChanged {
+        reply: Reply<()>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}

@@ -1,0 +1,356 @@
+//! The GPU engine: one thread per native context that owns the context's
+//! emulated GPU (its [`Firmware`], VMs, groups, tiler heaps and syncobjs)
+//! and runs it.
+//!
+//! # Threading
+//! [`Engine::spawn`] starts the thread; the returned [`Engine`] is the
+//! only way in. Each method sends a command over a channel, rings the
+//! doorbell eventfd and waits for the answer, which the thread sends as
+//! soon as the command is checked and queued — never after GPU work —
+//! so a caller blocks for a command's bookkeeping, not for the GPU.
+//! Argument errors come back synchronously with Panthor's errnos
+//! ([`EngineError::errno`]); completions come out later through the event
+//! callback ([`EngineEvent`]), called on the engine thread, which the
+//! transport turns into fences.
+//!
+//! The thread is an event-manager loop on two file descriptors (see
+//! [`worker`]): the doorbell and a timerfd armed for the firmware's next
+//! deadline (scoreboard completion, job timeout, scheduler tick). It never
+//! sleeps or polls; a guest stream that runs for ever is preempted after
+//! every slice, and the loop goes back to its commands between slices.
+//!
+//! One engine per context keeps contexts fully isolated: a context's
+//! faults, timeouts and scheduling never touch another's. Each context
+//! therefore sees a whole GPU (all CSG slots); that is the documented cost.
+//!
+//! # Dependencies without round trips
+//! GROUP_SUBMIT jobs and asynchronous VM_BIND ops carry WAIT and SIGNAL
+//! sync operations on the context's device-side syncobjs
+//! ([`SyncTable`](crate::gpu::sync::SyncTable)).
+//! A job waits in its queue's FIFO ([`jobs`]) and a bind op in its VM's
+//! bind queue ([`binds`]) until its WAITs are signalled; SIGNALs are
+//! attached as pending when the work is accepted and completed with its
+//! result. So a bind whose out-sync is a job's in-sync gates that job
+//! entirely inside the engine. Asynchronous binds are validated when they
+//! arrive and applied in order; an op that fails when applied makes the VM
+//! unusable (its groups die) and its SIGNALs carry the error.
+//! Synchronous binds apply at once and do not wait for queued asynchronous
+//! ones (as Panthor's synchronous path).
+//!
+//! # Bounds
+//! Jobs outstanding per group queue ([`EngineConfig::max_jobs_per_queue`])
+//! and ops queued per VM ([`EngineConfig::max_binds_per_vm`]) are capped
+//! (EAGAIN beyond); the syncobj table has its own limits; the firmware caps
+//! groups, VMs and heaps.
+//!
+//! # Shutdown
+//! [`Engine::shutdown`] (also run on drop) tears down on the thread: jobs
+//! not yet in the firmware, queued binds, jobs in flight and host waits
+//! all complete with ECANCELED (each with its event), every kernel object
+//! goes back to the allocator, and the thread is joined.
+
+pub mod binds;
+pub mod command;
+pub mod deps;
+pub mod event;
+pub mod jobs;
+pub mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::sync::mpsc::{channel, sync_channel, Sender};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, SubscriberOps};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
+
+pub use command::{
+    BindMode, BindRequest, EngineError, QueueSubmit, SyncOp, SYNC_OP_HANDLE_TYPE_MASK,
+    SYNC_OP_SIGNAL,
+};
+pub use event::EngineEvent;
+
+use command::{Command, Reply};
+use worker::Worker;
+
+use crate::gpu::firmware::{
+    Firmware, FwConfig, GroupCreate, GroupStatus, HeapCreate, HeapInfo, KernelMemory,
+};
+use crate::gpu::mmu::VmState;
+use crate::gpu::model::GpuModel;
+use crate::gpu::sync::{SyncHandle, SyncKind, SyncLimits, SyncState, WaitFlags};
+
+/// Default cap on the jobs of one group queue that are not complete.
+pub const MAX_JOBS_PER_QUEUE: usize = 256;
+/// Default cap on the asynchronous bind ops queued on one VM.
+pub const MAX_BINDS_PER_VM: usize = 1024;
+
+/// Configuration of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// The firmware model's configuration.
+    pub firmware: FwConfig,
+    /// Limits of the context's syncobj table.
+    pub sync_limits: SyncLimits,
+    /// Jobs of one group queue not complete yet (held or running).
+    pub max_jobs_per_queue: usize,
+    /// Asynchronous bind ops queued on one VM.
+    pub max_binds_per_vm: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            firmware: FwConfig::default(),
+            sync_limits: SyncLimits::default(),
+            max_jobs_per_queue: MAX_JOBS_PER_QUEUE,
+            max_binds_per_vm: MAX_BINDS_PER_VM,
+        }
+    }
+}
+
+/// The handle of a running engine; see the [module documentation](self).
+#[derive(Debug)]
+pub struct Engine {
+    tx: Sender<Command>,
+    doorbell: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine thread of one context.
+    ///
+    /// `mem` is the guest memory (re-read at every use, so a new memory
+    /// table is picked up); `kmem` provides the memory of kernel objects;
+    /// `on_event` receives every [`EngineEvent`], on the engine thread.
+    pub fn spawn<A, K>(
+        mem: A,
+        kmem: K,
+        model: GpuModel,
+        config: EngineConfig,
+        on_event: Box<dyn Fn(EngineEvent) + Send>,
+    ) -> io::Result<Engine>
+    where
+        A: GuestAddressSpace + Send + 'static,
+        A::M: GuestMemoryBackend,
+        K: KernelMemory + Send + 'static,
+    {
+        let mut fw_config = config.firmware;
+        // The firmware must always take what the engine lets through.
+        fw_config.max_pending_jobs = fw_config.max_pending_jobs.max(config.max_jobs_per_queue);
+        let fw = Firmware::new(model, fw_config, kmem);
+        let doorbell = EventFd::new(EFD_NONBLOCK)?;
+        let timer = TimerFd::new()?;
+        let (tx, rx) = channel();
+        let worker = Worker::new(mem, fw, config, rx, doorbell.try_clone()?, timer, on_event);
+        let (ready_tx, ready_rx) = sync_channel::<io::Result<()>>(1);
+        let thread = std::thread::Builder::new()
+            .name("vum-gpu".into())
+            .spawn(move || run(worker, ready_tx))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Engine {
+                tx,
+                doorbell,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io::Error::other("GPU engine thread failed to start"))
+            }
+        }
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
+        let (reply, answer) = sync_channel(1);
+        self.tx.send(make(reply)).map_err(|_| EngineError::Gone)?;
+        self.doorbell.write(1).map_err(|_| EngineError::Gone)?;
+        answer.recv().map_err(|_| EngineError::Gone)?
+    }
+
+    /// VM_CREATE: the handle and the user VA range.
+    pub fn vm_create(&self, user_va_range: u64) -> Result<(u32, u64), EngineError> {
+        self.call(|reply| Command::VmCreate {
+            user_va_range,
+            reply,
+        })
+    }
+
+    /// VM_DESTROY. Bind ops still queued on the VM are cancelled.
+    pub fn vm_destroy(&self, vm: u32) -> Result<(), EngineError> {
+        self.call(|reply| Command::VmDestroy { vm, reply })
+    }
+
+    /// VM_GET_STATE.
+    pub fn vm_state(&self, vm: u32) -> Result<VmState, EngineError> {
+        self.call(|reply| Command::VmState { vm, reply })
+    }
+
+    /// VM_BIND, synchronous or asynchronous.
+    pub fn vm_bind(
+        &self,
+        vm: u32,
+        ops: Vec<BindRequest>,
+        mode: BindMode,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Command::VmBind {
+            vm,
+            ops,
+            mode,
+            reply,
+        })
+    }
+
+    /// GROUP_CREATE.
+    pub fn group_create(&self, args: GroupCreate) -> Result<u32, EngineError> {
+        self.call(|reply| Command::GroupCreate { args, reply })
+    }
+
+    /// GROUP_DESTROY.
+    pub fn group_destroy(&self, group: u32) -> Result<(), EngineError> {
+        self.call(|reply| Command::GroupDestroy { group, reply })
+    }
+
+    /// GROUP_GET_STATE.
+    pub fn group_state(&self, group: u32) -> Result<GroupStatus, EngineError> {
+        self.call(|reply| Command::GroupState { group, reply })
+    }
+
+    /// GROUP_SUBMIT: every job is checked (and its syncs) before any is
+    /// queued; [`EngineEvent::JobDone`] follows for each.
+    pub fn group_submit(&self, group: u32, jobs: Vec<QueueSubmit>) -> Result<(), EngineError> {
+        self.call(|reply| Command::GroupSubmit { group, jobs, reply })
+    }
+
+    /// TILER_HEAP_CREATE.
+    pub fn heap_create(&self, args: HeapCreate) -> Result<HeapInfo, EngineError> {
+        self.call(|reply| Command::HeapCreate { args, reply })
+    }
+
+    /// TILER_HEAP_DESTROY.
+    pub fn heap_destroy(&self, handle: u32) -> Result<(), EngineError> {
+        self.call(|reply| Command::HeapDestroy { handle, reply })
+    }
+
+    /// Creates a syncobj.
+    pub fn sync_create(&self, kind: SyncKind, signaled: bool) -> Result<SyncHandle, EngineError> {
+        self.call(|reply| Command::SyncCreate {
+            kind,
+            signaled,
+            reply,
+        })
+    }
+
+    /// Destroys a syncobj.
+    pub fn sync_destroy(&self, handle: SyncHandle) -> Result<(), EngineError> {
+        self.call(|reply| Command::SyncDestroy { handle, reply })
+    }
+
+    /// Signals a point from the host (the guest CPU).
+    pub fn sync_signal(&self, handle: SyncHandle, point: u64) -> Result<(), EngineError> {
+        self.call(|reply| Command::SyncSignal {
+            handle,
+            point,
+            reply,
+        })
+    }
+
+    /// Resets a binary syncobj.
+    pub fn sync_reset(&self, handle: SyncHandle) -> Result<(), EngineError> {
+        self.call(|reply| Command::SyncReset { handle, reply })
+    }
+
+    /// The state of a syncobj.
+    pub fn sync_query(&self, handle: SyncHandle) -> Result<SyncState, EngineError> {
+        self.call(|reply| Command::SyncQuery { handle, reply })
+    }
+
+    /// Waits for a point on behalf of the host: [`EngineEvent::SyncWaitDone`]
+    /// with `user_data` follows when it signals (at once if it has).
+    pub fn sync_wait(
+        &self,
+        handle: SyncHandle,
+        point: u64,
+        flags: WaitFlags,
+        user_data: u64,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Command::SyncWait {
+            handle,
+            point,
+            flags,
+            user_data,
+            reply,
+        })
+    }
+
+    /// Tells the GPU that guest memory may have changed (the guest CPU
+    /// wrote a sync object): parked SYNC_WAITs re-check their condition.
+    pub fn memory_changed(&self) -> Result<(), EngineError> {
+        self.call(|reply| Command::MemoryChanged { reply })
+    }
+
+    /// Stops the engine: all pending work completes with ECANCELED, every
+    /// resource is freed and the thread is joined.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.call(|reply| Command::Shutdown { reply });
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The engine thread: the event loop until the worker is torn down.
+fn run<A, K>(worker: Worker<A, K>, ready: std::sync::mpsc::SyncSender<io::Result<()>>)
+where
+    A: GuestAddressSpace,
+    A::M: GuestMemoryBackend,
+    K: KernelMemory,
+{
+    let mut em = match EventManager::<Worker<A, K>>::new() {
+        Ok(em) => em,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::other(e.to_string())));
+            return;
+        }
+    };
+    let id = em.add_subscriber(worker);
+    let started = em.subscriber_mut(id).map(|w| !w.stopped).unwrap_or(false);
+    let _ = ready.send(if started {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "cannot watch the GPU engine's descriptors",
+        ))
+    });
+    if !started {
+        return;
+    }
+    loop {
+        if em.run().is_err() {
+            if let Ok(w) = em.subscriber_mut(id) {
+                w.teardown();
+            }
+            break;
+        }
+        if em.subscriber_mut(id).map_or(true, |w| w.stopped) {
+            break;
+        }
+    }
+}

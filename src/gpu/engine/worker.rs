@@ -1,0 +1,647 @@
+//! The engine thread's state and its event loop subscriber: commands in,
+//! firmware runs, syncobj bookkeeping, events out.
+//!
+//! Wake-ups come from two file descriptors and nothing else:
+//! - the doorbell eventfd, written by the [`Engine`](super::Engine) handle
+//!   after queuing a command, and by the thread itself when the firmware
+//!   still has ready queues after a run (so commands and execution take
+//!   turns);
+//! - a timerfd armed for the firmware's next wake-up (a scoreboard
+//!   deadline, a job timeout, the scheduler tick).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::binds::{BindJob, BindQueues};
+use super::command::{BindMode, BindRequest, Command, EngineError, QueueSubmit};
+use super::deps::{check_batch, commit};
+use super::event::EngineEvent;
+use super::jobs::{HeldJob, JobQueues, QueueKey};
+use super::EngineConfig;
+use crate::gpu::firmware::{Firmware, FwError, FwEvent, JobId, KernelMemory};
+use crate::gpu::mmu::{BindOp, GpuVm};
+use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcome};
+
+/// The callback events go to.
+pub(crate) type Sink = Box<dyn Fn(EngineEvent) + Send>;
+
+/// What a waiter recorded in the syncobj table unblocks.
+enum Target {
+    /// A held job (its engine id).
+    Job(u64),
+    /// A queued bind op (its engine id).
+    Bind(u64),
+    /// A host wait, reported with this `user_data`.
+    Host(u64),
+}
+
+/// A job the firmware runs.
+struct Running {
+    key: QueueKey,
+    user_data: u64,
+    signals: Vec<SignalToken>,
+}
+
+/// The engine thread's state.
+pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
+    mem: A,
+    fw: Firmware<K>,
+    syncs: SyncTable<u64>,
+    config: EngineConfig,
+    rx: Receiver<Command>,
+    doorbell: EventFd,
+    timer: TimerFd,
+    /// The deadline the timer is armed for.
+    armed: Option<u64>,
+    start: Instant,
+    sink: Sink,
+    /// Engine ids (jobs, bind ops, VM_BINDs) and waiter ids.
+    next_id: u64,
+    waiters: HashMap<u64, Target>,
+    jobs: JobQueues,
+    running: HashMap<JobId, Running>,
+    binds: BindQueues,
+    /// Released waiters still to act on.
+    work: VecDeque<Released<u64>>,
+    dirty_queues: BTreeSet<QueueKey>,
+    dirty_vms: BTreeSet<u32>,
+    stopping: bool,
+    /// Torn down; the thread leaves its loop.
+    pub stopped: bool,
+}
+
+impl<A, K> Worker<A, K>
+where
+    A: GuestAddressSpace,
+    A::M: GuestMemoryBackend,
+    K: KernelMemory,
+{
+    pub fn new(
+        mem: A,
+        fw: Firmware<K>,
+        config: EngineConfig,
+        rx: Receiver<Command>,
+        doorbell: EventFd,
+        timer: TimerFd,
+        sink: Sink,
+    ) -> Self {
+        Self {
+            mem,
+            fw,
+            syncs: SyncTable::new(config.sync_limits),
+            config,
+            rx,
+            doorbell,
+            timer,
+            armed: None,
+            start: Instant::now(),
+            sink,
+            next_id: 1,
+            waiters: HashMap::new(),
+            jobs: JobQueues::default(),
+            running: HashMap::new(),
+            binds: BindQueues::default(),
+            work: VecDeque::new(),
+            dirty_queues: BTreeSet::new(),
+            dirty_vms: BTreeSet::new(),
+            stopping: false,
+            stopped: false,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn emit(&self, event: EngineEvent) {
+        (self.sink)(event);
+    }
+
+    /// Handles every queued command, runs the firmware once and re-arms
+    /// the timer.
+    pub fn service(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(cmd) => {
+                    self.handle(cmd);
+                    if self.stopped {
+                        return;
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.teardown();
+                    return;
+                }
+            }
+        }
+        let mem = self.mem.memory();
+        let now = self.now();
+        self.fw.run(&*mem, now);
+        self.pump();
+        if self.fw.needs_run() {
+            // Come back after whatever else is pending.
+            let _ = self.doorbell.write(1);
+        }
+        self.rearm();
+    }
+
+    /// Arms the timer for the firmware's next wake-up.
+    fn rearm(&mut self) {
+        let want = self.fw.next_wakeup_ns();
+        if want == self.armed {
+            return;
+        }
+        self.armed = want;
+        if let Some(t) = want {
+            let delay = t.saturating_sub(self.now()).max(1_000);
+            let _ = self.timer.reset(Duration::from_nanos(delay), None);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Commands
+    // ------------------------------------------------------------------
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::VmCreate {
+                user_va_range,
+                reply,
+            } => {
+                let _ = reply.send(self.fw.vm_create(user_va_range).map_err(Into::into));
+            }
+            Command::VmDestroy { vm, reply } => {
+                let r = self.vm_destroy(vm);
+                let _ = reply.send(r);
+            }
+            Command::VmState { vm, reply } => {
+                let _ = reply.send(self.fw.vm_state(vm).map_err(Into::into));
+            }
+            Command::VmBind {
+                vm,
+                ops,
+                mode,
+                reply,
+            } => {
+                let r = self.vm_bind(vm, ops, mode);
+                let _ = reply.send(r);
+            }
+            Command::GroupCreate { args, reply } => {
+                let mem = self.mem.memory();
+                let _ = reply.send(self.fw.group_create(&*mem, &args).map_err(Into::into));
+            }
+            Command::GroupDestroy { group, reply } => {
+                let r = self.group_destroy(group);
+                let _ = reply.send(r);
+            }
+            Command::GroupState { group, reply } => {
+                let _ = reply.send(self.fw.group_status(group).map_err(Into::into));
+            }
+            Command::GroupSubmit { group, jobs, reply } => {
+                let r = self.group_submit(group, jobs);
+                let _ = reply.send(r);
+            }
+            Command::HeapCreate { args, reply } => {
+                let mem = self.mem.memory();
+                let _ = reply.send(self.fw.heap_create(&*mem, &args).map_err(Into::into));
+            }
+            Command::HeapDestroy { handle, reply } => {
+                let _ = reply.send(self.fw.heap_destroy(handle).map_err(Into::into));
+            }
+            Command::SyncCreate {
+                kind,
+                signaled,
+                reply,
+            } => {
+                let _ = reply.send(self.syncs.create(kind, signaled).map_err(Into::into));
+            }
+            Command::SyncDestroy { handle, reply } => {
+                let r = self.syncs.destroy(handle).map(|released| {
+                    self.work.extend(released);
+                });
+                self.pump();
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            Command::SyncSignal {
+                handle,
+                point,
+                reply,
+            } => {
+                let r = self
+                    .syncs
+                    .signal(handle, point, Ok(()))
+                    .map(|released| self.work.extend(released));
+                self.pump();
+                let _ = reply.send(r.map_err(Into::into));
+            }
+            Command::SyncReset { handle, reply } => {
+                let _ = reply.send(self.syncs.reset(handle).map_err(Into::into));
+            }
+            Command::SyncQuery { handle, reply } => {
+                let _ = reply.send(self.syncs.query(handle).map_err(Into::into));
+            }
+            Command::SyncWait {
+                handle,
+                point,
+                flags,
+                user_data,
+                reply,
+            } => {
+                let id = self.id();
+                let r = match self.syncs.wait(handle, point, flags, id) {
+                    Ok(WaitOutcome::Ready(done)) => {
+                        self.emit(EngineEvent::SyncWaitDone {
+                            user_data,
+                            result: done.result,
+                        });
+                        Ok(())
+                    }
+                    Ok(WaitOutcome::Queued) => {
+                        self.waiters.insert(id, Target::Host(user_data));
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::MemoryChanged { reply } => {
+                let mem = self.mem.memory();
+                let now = self.now();
+                self.fw.memory_changed(&*mem, now);
+                self.pump();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Shutdown { reply } => {
+                self.teardown();
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn group_submit(&mut self, group: u32, jobs: Vec<QueueSubmit>) -> Result<(), EngineError> {
+        for j in &jobs {
+            self.fw.check_submit(group, &j.job)?;
+        }
+        check_batch(&self.syncs, jobs.iter().map(|j| &j.syncs[..]))?;
+        let mut added: HashMap<u32, usize> = HashMap::new();
+        for j in &jobs {
+            *added.entry(j.job.queue).or_default() += 1;
+        }
+        for (&queue, &n) in &added {
+            if self.jobs.outstanding((group, queue)) + n > self.config.max_jobs_per_queue {
+                return Err(EngineError::Busy);
+            }
+        }
+        for j in jobs {
+            let id = self.id();
+            let c = commit(&mut self.syncs, &j.syncs, &mut self.next_id);
+            for &w in &c.queued {
+                self.waiters.insert(w, Target::Job(id));
+            }
+            let key = (group, j.job.queue);
+            self.jobs.push(
+                key,
+                id,
+                HeldJob {
+                    job: j.job,
+                    user_data: j.user_data,
+                    waits: c.queued.len(),
+                    signals: c.signals,
+                },
+            );
+            self.dirty_queues.insert(key);
+        }
+        self.pump();
+        Ok(())
+    }
+
+    fn group_destroy(&mut self, group: u32) -> Result<(), EngineError> {
+        // Jobs in the firmware complete first, then the held ones behind
+        // them, so each queue's events stay in submission order.
+        let mem = self.mem.memory();
+        let now = self.now();
+        self.fw.group_destroy(&*mem, now, group)?;
+        self.collect_fw_events();
+        self.cancel_held(Some(group));
+        self.pump();
+        Ok(())
+    }
+
+    fn vm_bind(
+        &mut self,
+        vm: u32,
+        ops: Vec<BindRequest>,
+        mode: BindMode,
+    ) -> Result<(), EngineError> {
+        let user_data = match mode {
+            BindMode::Sync => {
+                if ops.iter().any(|o| !o.syncs.is_empty()) {
+                    return Err(EngineError::SyncOp("syncs on a synchronous VM_BIND"));
+                }
+                let ops: Vec<BindOp> = ops.into_iter().map(|o| o.op).collect();
+                self.fw.vm_mut(vm)?.bind(&ops)?;
+                return Ok(());
+            }
+            BindMode::Async { user_data } => user_data,
+        };
+        let gpu_vm: &GpuVm = self.fw.vm(vm)?;
+        if self.binds.len(vm) + ops.len() > self.config.max_binds_per_vm {
+            return Err(EngineError::Busy);
+        }
+        let mut validated = Vec::with_capacity(ops.len());
+        for (index, o) in ops.iter().enumerate() {
+            if matches!(o.op, BindOp::SyncOnly) && o.syncs.is_empty() {
+                return Err(EngineError::SyncOp("SYNC_ONLY op without syncs"));
+            }
+            let v = gpu_vm
+                .validate(&o.op)
+                .map_err(|error| EngineError::BindOp { index, error })?;
+            validated.push(v);
+        }
+        check_batch(&self.syncs, ops.iter().map(|o| &o.syncs[..]))?;
+        if ops.is_empty() {
+            self.emit(EngineEvent::BindDone {
+                user_data,
+                vm,
+                result: Ok(()),
+            });
+            return Ok(());
+        }
+        let request = self.id();
+        self.binds.add_request(request, user_data, ops.len());
+        for (o, v) in ops.iter().zip(validated) {
+            let id = self.id();
+            let c = commit(&mut self.syncs, &o.syncs, &mut self.next_id);
+            for &w in &c.queued {
+                self.waiters.insert(w, Target::Bind(id));
+            }
+            self.binds.push(
+                vm,
+                id,
+                BindJob {
+                    op: v,
+                    waits: c.queued.len(),
+                    signals: c.signals,
+                    request,
+                },
+            );
+        }
+        self.dirty_vms.insert(vm);
+        self.pump();
+        Ok(())
+    }
+
+    fn vm_destroy(&mut self, vm: u32) -> Result<(), EngineError> {
+        self.fw.vm(vm)?;
+        for job in self.binds.take_vm(vm) {
+            self.finish_bind(vm, job.signals, job.request, Err(libc::ECANCELED));
+        }
+        self.fw.vm_destroy(vm)?;
+        self.pump();
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Dependency tracking
+    // ------------------------------------------------------------------
+
+    /// Acts on everything that became possible: released waiters, ready
+    /// bind ops and jobs, firmware completions, until nothing moves.
+    fn pump(&mut self) {
+        loop {
+            self.collect_fw_events();
+            if let Some(r) = self.work.pop_front() {
+                self.released(r);
+                continue;
+            }
+            if self.stopping {
+                self.dirty_vms.clear();
+                self.dirty_queues.clear();
+                return;
+            }
+            if let Some(vm) = self.dirty_vms.pop_first() {
+                self.run_binds(vm);
+                continue;
+            }
+            if let Some(key) = self.dirty_queues.pop_first() {
+                self.push_jobs(key);
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn complete(&mut self, signals: Vec<SignalToken>, result: FenceResult) {
+        for token in signals {
+            let released = self.syncs.complete(token, result);
+            self.work.extend(released);
+        }
+    }
+
+    fn released(&mut self, r: Released<u64>) {
+        match self.waiters.remove(&r.waiter) {
+            Some(Target::Job(id)) => {
+                if let Some(key) = self.jobs.satisfy(id) {
+                    self.dirty_queues.insert(key);
+                }
+            }
+            Some(Target::Bind(id)) => {
+                if let Some(vm) = self.binds.satisfy(id) {
+                    self.dirty_vms.insert(vm);
+                }
+            }
+            Some(Target::Host(user_data)) => self.emit(EngineEvent::SyncWaitDone {
+                user_data,
+                result: r.result,
+            }),
+            None => {}
+        }
+    }
+
+    /// Hands the ready jobs at the head of a queue's FIFO to the firmware.
+    fn push_jobs(&mut self, key: QueueKey) {
+        while let Some(held) = self.jobs.pop_ready(key) {
+            let mem = self.mem.memory();
+            let now = self.now();
+            match self.fw.submit(&*mem, now, key.0, &held.job) {
+                Ok(id) => {
+                    self.running.insert(
+                        id,
+                        Running {
+                            key,
+                            user_data: held.user_data,
+                            signals: held.signals,
+                        },
+                    );
+                }
+                Err(e) => {
+                    // The group died (or went away) while the job waited.
+                    let err = match e {
+                        FwError::GroupDead(_) | FwError::NoSuchGroup(_) => libc::ECANCELED,
+                        e => e.errno(),
+                    };
+                    self.cancel_job(key, held, err);
+                }
+            }
+            self.collect_fw_events();
+        }
+    }
+
+    fn cancel_job(&mut self, key: QueueKey, held: HeldJob, err: i32) {
+        self.complete(held.signals, Err(err));
+        self.jobs.done(key);
+        self.emit(EngineEvent::JobDone {
+            user_data: held.user_data,
+            group: key.0,
+            queue: key.1,
+            seqno: 0,
+            result: Err(err),
+        });
+    }
+
+    fn cancel_held(&mut self, group: Option<u32>) {
+        for (key, held) in self.jobs.take(group) {
+            self.cancel_job(key, held, libc::ECANCELED);
+        }
+    }
+
+    fn collect_fw_events(&mut self) {
+        for event in self.fw.take_events() {
+            match event {
+                FwEvent::JobDone {
+                    job,
+                    group,
+                    queue,
+                    seqno,
+                    result,
+                } => {
+                    if let Some(r) = self.running.remove(&job) {
+                        self.complete(r.signals, result);
+                        self.jobs.done(r.key);
+                        self.emit(EngineEvent::JobDone {
+                            user_data: r.user_data,
+                            group,
+                            queue,
+                            seqno,
+                            result,
+                        });
+                    }
+                }
+                FwEvent::GroupStateChanged { group, .. } => {
+                    self.cancel_held(Some(group));
+                    self.emit(EngineEvent::Firmware(event));
+                }
+                other => self.emit(EngineEvent::Firmware(other)),
+            }
+        }
+    }
+
+    /// Applies the ready ops at the head of a VM's bind queue.
+    fn run_binds(&mut self, vm: u32) {
+        while let Some(BindJob {
+            op,
+            signals,
+            request,
+            ..
+        }) = self.binds.pop_ready(vm)
+        {
+            let result = match self.fw.vm_mut(vm) {
+                Ok(v) => v.apply(op).map_err(|e| e.errno()),
+                Err(_) => Err(libc::ECANCELED),
+            };
+            if result.is_err() {
+                let mem = self.mem.memory();
+                let now = self.now();
+                let _ = self.fw.vm_fail(&*mem, now, vm);
+            }
+            self.finish_bind(vm, signals, request, result);
+        }
+    }
+
+    fn finish_bind(
+        &mut self,
+        vm: u32,
+        signals: Vec<SignalToken>,
+        request: u64,
+        result: FenceResult,
+    ) {
+        self.complete(signals, result);
+        if let Some((user_data, result)) = self.binds.finish(request, result) {
+            self.emit(EngineEvent::BindDone {
+                user_data,
+                vm,
+                result,
+            });
+        }
+    }
+
+    /// Completes everything with an error and frees everything: held jobs,
+    /// queued binds, firmware jobs (ECANCELED), host waits (ECANCELED).
+    pub fn teardown(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopping = true;
+        let mem = self.mem.memory();
+        self.fw.shutdown(&*mem);
+        self.collect_fw_events();
+        self.cancel_held(None);
+        for vm in self.binds.vms() {
+            for job in self.binds.take_vm(vm) {
+                self.finish_bind(vm, job.signals, job.request, Err(libc::ECANCELED));
+            }
+        }
+        self.pump();
+        // Whatever still waits was never going to be signalled.
+        let rest = self.syncs.clear();
+        self.work.extend(rest);
+        self.pump();
+        self.waiters.clear();
+        self.stopped = true;
+    }
+}
+
+impl<A, K> MutEventSubscriber for Worker<A, K>
+where
+    A: GuestAddressSpace,
+    A::M: GuestMemoryBackend,
+    K: KernelMemory,
+{
+    fn init(&mut self, ops: &mut EventOps) {
+        let doorbell = ops.add(Events::new(&self.doorbell, EventSet::IN));
+        let timer = ops.add(Events::new(&self.timer, EventSet::IN));
+        if doorbell.is_err() || timer.is_err() {
+            self.teardown();
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.doorbell.as_raw_fd() {
+            let _ = self.doorbell.read();
+        } else if events.fd() == self.timer.as_raw_fd() {
+            // A one-shot timer that is no longer armed has expired, so the
+            // read returns at once; one re-armed since has nothing to read.
+            if !self.timer.is_armed().unwrap_or(true) {
+                let _ = self.timer.wait();
+            }
+            self.armed = None;
+        }
+        if !self.stopped {
+            self.service();
+        }
+    }
+}
