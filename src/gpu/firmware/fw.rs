@@ -22,10 +22,13 @@ use super::kmem::{KernelMemory, KernelObject};
 use super::ring::{wrapper_words, write_ring, WrapperArgs, JOB_BYTES};
 use super::sched::Scheduler;
 use super::vms::Vms;
+use crate::gpu::cs::disassemble;
 use crate::gpu::interp::{Block, CsLimits, ExecEnv, Stop, StreamState};
 use crate::gpu::mmu::{Fault, GpuVm, VmKey, VmState};
 use crate::gpu::model::GpuModel;
 use crate::gpu::sync::FenceResult;
+use crate::guest_warn;
+use crate::log_limit::LogLimiter;
 
 /// Sync writes remembered per slice; beyond this every queue of the VM is
 /// checked after the slice instead.
@@ -118,6 +121,8 @@ pub struct Firmware<K: KernelMemory> {
     writes: Vec<SyncWrite>,
     /// Sync objects were written since parked queues were last checked.
     sync_dirty: bool,
+    /// Fault reports are guest-triggered: their log lines are rate-limited.
+    fault_log: LogLimiter,
 }
 
 impl<K: KernelMemory> Firmware<K> {
@@ -135,6 +140,7 @@ impl<K: KernelMemory> Firmware<K> {
             next_job: 1,
             writes: Vec::with_capacity(64),
             sync_dirty: false,
+            fault_log: LogLimiter::default(),
         }
     }
 
@@ -797,6 +803,7 @@ impl<K: KernelMemory> Firmware<K> {
             vms,
             writes,
             events,
+            fault_log,
             ..
         } = self;
         let Some(g) = groups.get_mut(&handle) else {
@@ -820,6 +827,7 @@ impl<K: KernelMemory> Firmware<K> {
         };
         let stop = q.cs.run(&mut env, budget);
         let overflow = env.overflow;
+        report_fault(fault_log, &mut entry.vm, mem, handle, qi, &stop);
         let deadline = q.cs.next_deadline_ns().filter(|&t| t > now);
         let queue = qi as u32;
         let mut fatal = false;
@@ -1197,4 +1205,34 @@ where
         q.state = RunState::Ready;
     }
     Ok(())
+}
+
+/// Logs a fault a slice ended with, with the faulting instruction
+/// disassembled (read back through the VM; an unreadable one says so).
+fn report_fault<M>(
+    limiter: &mut LogLimiter,
+    vm: &mut GpuVm,
+    mem: &M,
+    group: u32,
+    queue: usize,
+    stop: &Stop,
+) where
+    M: GuestMemoryBackend + ?Sized,
+{
+    let (what, code, ip, va) = match stop {
+        Stop::Fault(f) if f.fatal => ("CS_FATAL", f.exception_code, f.ip, None),
+        Stop::Fault(f) => ("CS_FAULT", f.exception_code, f.ip, None),
+        Stop::MmuFault { fault, ip } => ("MMU fault", fault.exception_code, *ip, Some(fault.va)),
+        _ => return,
+    };
+    let instr = match vm.read_u64(mem, ip) {
+        Ok(word) => disassemble(&[word], ip),
+        Err(_) => format!("{ip:#x}: <instruction not readable>"),
+    };
+    let at = va.map(|v| format!(" on VA {v:#x}")).unwrap_or_default();
+    guest_warn!(
+        limiter,
+        "group {group} queue {queue}: {what} {code:#04x}{at} at {}",
+        instr.trim_end()
+    );
 }
