@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::io::IoSliceMut;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -206,30 +207,55 @@ pub struct FrontendDisplay {
     cache: Arc<(Mutex<InfoCache>, Condvar)>,
     thread: Option<JoinHandle<()>>,
     dropped: u64,
+    /// Pixel bytes queued for the display thread and not yet sent.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
+/// Messages queued for the display thread at most.
 const DISPLAY_QUEUE_DEPTH: usize = 256;
+/// Pixel bytes queued for the display thread at most: a display that does
+/// not keep up must not make the daemon hold copies of every flush.
+const DISPLAY_QUEUE_BYTES: usize = 32 << 20;
 
 impl FrontendDisplay {
     /// Starts the display thread on `backend`.
     pub fn start(backend: GpuBackend) -> std::io::Result<FrontendDisplay> {
         let (tx, rx) = sync_channel(DISPLAY_QUEUE_DEPTH);
         let cache = Arc::new((Mutex::new(InfoCache::default()), Condvar::new()));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let thread_cache = cache.clone();
+        let thread_bytes = queued_bytes.clone();
         let thread = std::thread::Builder::new()
             .name("vum-display".into())
-            .spawn(move || display_thread(backend, rx, thread_cache))?;
+            .spawn(move || display_thread(backend, rx, thread_cache, thread_bytes))?;
         Ok(FrontendDisplay {
             tx,
             cache,
             thread: Some(thread),
             dropped: 0,
+            queued_bytes,
         })
     }
 
-    /// Queues a message without blocking. A full queue drops it.
+    /// Queues a message without blocking. A full queue, or pixels beyond
+    /// the byte budget, drop it.
     pub fn send(&mut self, msg: DisplayMsg) {
-        match self.tx.try_send(msg) {
+        let bytes = msg.pixel_bytes();
+        let over_budget = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(bytes).filter(|n| *n <= DISPLAY_QUEUE_BYTES)
+            })
+            .is_err();
+        let result = if over_budget {
+            Err(TrySendError::Full(msg))
+        } else {
+            self.tx.try_send(msg)
+        };
+        if result.is_err() && !over_budget {
+            self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        match result {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.dropped += 1;
@@ -288,10 +314,22 @@ impl Drop for FrontendDisplay {
     }
 }
 
+impl DisplayMsg {
+    /// Bytes of pixel data the message carries.
+    fn pixel_bytes(&self) -> usize {
+        match self {
+            DisplayMsg::Update(_, data) => data.len(),
+            DisplayMsg::CursorUpdate(_, data) => data.len(),
+            _ => 0,
+        }
+    }
+}
+
 fn display_thread(
     backend: GpuBackend,
     rx: Receiver<DisplayMsg>,
     cache: Arc<(Mutex<InfoCache>, Condvar)>,
+    queued_bytes: Arc<AtomicUsize>,
 ) {
     // The device generates its own EDID and never sends dmabufs, so it
     // acknowledges none of the display protocol's optional features.
@@ -322,6 +360,7 @@ fn display_thread(
     }
     info!("display frontend connected");
     for msg in rx {
+        queued_bytes.fetch_sub(msg.pixel_bytes(), Ordering::AcqRel);
         let r = match &msg {
             DisplayMsg::Scanout(s) => backend.set_scanout(s),
             DisplayMsg::Update(u, data) => backend.update_scanout(u, data),

@@ -967,6 +967,18 @@ impl GpuState {
         if req.width == 0 || req.height == 0 || req.r.width == 0 || req.r.height == 0 {
             return Err(invalid("empty scanout"));
         }
+        // The same bounds as a 2D resource: a flush copies the visible part.
+        let l = self.cfg.limits;
+        let visible_bytes = u64::from(req.r.width) * u64::from(req.r.height) * 4;
+        if req.width > l.max_2d_dimension
+            || req.height > l.max_2d_dimension
+            || visible_bytes > l.max_host_2d_bytes
+        {
+            return Err(invalid(format!(
+                "scanout {}x{} exceeds the display limits",
+                req.r.width, req.r.height
+            )));
+        }
         if !rect_inside(&req.r, req.width, req.height) {
             return Err(invalid("scanout rect outside the framebuffer"));
         }
