@@ -12,9 +12,11 @@
 //!   requests per kick;
 //! - the daemon's virtio-gpu device, started in this process: GET_DISPLAY_INFO
 //!   (24-byte request, 408-byte response) and a fenced SUBMIT_3D carrying one
-//!   native NOP, one in flight, and GET_DISPLAY_INFO at 64 per kick. Each is
-//!   printed as a ratio to the echo figure of the same placement and wait
-//!   mode.
+//!   native NOP, one in flight, and GET_DISPLAY_INFO at 64 per kick;
+//! - a fenced no-op GPU job (a SUBMIT_3D with one GROUP_SUBMIT of a 64-byte
+//!   NOP stream, completed from the engine thread when the job has run): one
+//!   in flight (p50, p99) and 64 per kick. Each is printed as a ratio to the
+//!   echo figure of the same placement and wait mode.
 //!
 //! `cargo bench --bench transport`; `TRANSPORT_ITERS` (default 20000) sets
 //! the round trips per measurement and `TRANSPORT_BATCHES` (default 2000) the
@@ -24,10 +26,16 @@ use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use vhost_user_mali::gpu::cs::Builder;
 use vhost_user_mali::testvmm::gpu_driver::{
-    fenced, hdr, with_tail, GpuDriver, InProcessDaemon, ALL_GPU_FEATURES,
+    ctx_hdr, fenced, hdr, with_tail, GpuDriver, InProcessDaemon, ALL_GPU_FEATURES,
 };
 use vhost_user_mali::testvmm::{spawn_echo_daemon, Buf, EchoDaemon, TestVmm, VmmConfig, WaitMode};
+use vhost_user_mali::uapi::codec::{encode, CommandWriter};
+use vhost_user_mali::uapi::native::{
+    BoCreateReq, GroupCreateReq, GroupSubmitReq, InitReq, QueueCreate, QueueSubmit,
+    VmAddKernelMemoryReq, VmBindOp, VmBindReq, VmCreateReq, VM_BIND_OP_TYPE_MAP,
+};
 use vhost_user_mali::uapi::native::{NativeCmdHdr, NATIVE_CMD_NOP};
 use vhost_user_mali::virtio_gpu::control::GpuConfig;
 use vhost_user_mali::virtio_gpu::protocol::{cmd, CmdSubmit, CtrlHdr, RespDisplayInfo};
@@ -237,6 +245,153 @@ fn gpu_device(iters: usize, batches: usize, floor: (f64, f64), driver_pin: &[usi
     println!(
         "  {:<28} {:>7.2} M requests/s, {:.2}x echo",
         format!("GET_DISPLAY_INFO {BATCH}/kick"),
+        rps / 1e6,
+        rps / floor.1
+    );
+    gpu_jobs(&mut g, iters, batches, floor);
+}
+
+/// Runs `cmds` in one unfenced SUBMIT_3D on context `ctx`.
+fn native(g: &mut GpuDriver, ctx: u32, cmds: &[Vec<u8>]) {
+    let buf: Vec<u8> = cmds.concat();
+    let code = g.submit_3d(ctx_hdr(0, ctx), &buf).expect("submit");
+    assert_eq!(code, cmd::RESP_OK_NODATA);
+}
+
+/// Fenced no-op GPU jobs: context 2 gets a VM, a 64-byte stream of NOPs
+/// mapped at `DATA_VA` and a one-queue group; each request is a fenced
+/// SUBMIT_3D with one GROUP_SUBMIT, which completes when the job has run
+/// through the firmware's ring (wrapper, CALL, sequence-number update).
+fn gpu_jobs(g: &mut GpuDriver, iters: usize, batches: usize, floor: (f64, f64)) {
+    const DATA_VA: u64 = 0x100_0000;
+    let ctx = 2;
+    assert_eq!(
+        g.ctx_create(ctx, 6, "jobs").expect("ctx"),
+        cmd::RESP_OK_NODATA
+    );
+    let (c0, _) = g.create_guest_blob(ctx, 101, 4096).expect("blob");
+    let (c1, data) = g.create_guest_blob(ctx, 102, 64 << 10).expect("blob");
+    let (c2, _) = g.create_guest_blob(ctx, 103, 256 << 10).expect("blob");
+    assert!([c0, c1, c2].iter().all(|&c| c == cmd::RESP_OK_NODATA));
+    let mut b = Builder::new();
+    b.pad_to(8);
+    g.vmm
+        .write_guest(data, &b.to_bytes().expect("stream"))
+        .expect("write");
+    let mut bind = CommandWriter::<VmBindReq>::new(0, 0);
+    let ops = bind.array(&[VmBindOp {
+        flags: VM_BIND_OP_TYPE_MAP,
+        bo_handle: 1,
+        va: DATA_VA,
+        size: 64 << 10,
+        ..Default::default()
+    }]);
+    let mut group = CommandWriter::<GroupCreateReq>::new(0, 0);
+    let queues = group.array(&[QueueCreate {
+        priority: 1,
+        pad: [0; 3],
+        ringbuf_size: 65536,
+    }]);
+    native(
+        g,
+        ctx,
+        &[
+            encode(
+                &InitReq {
+                    rsp_res_id: 101,
+                    num_rings: 4,
+                    rsp_size: 4096,
+                },
+                1,
+                0,
+            ),
+            encode(&VmCreateReq::default(), 2, 0),
+            encode(
+                &BoCreateReq {
+                    res_id: 102,
+                    handle: 1,
+                    ..Default::default()
+                },
+                3,
+                0,
+            ),
+            encode(
+                &BoCreateReq {
+                    res_id: 103,
+                    handle: 2,
+                    ..Default::default()
+                },
+                4,
+                0,
+            ),
+            encode(
+                &VmAddKernelMemoryReq {
+                    vm_id: 1,
+                    bo_handle: 2,
+                },
+                5,
+                0,
+            ),
+            bind.finish(&VmBindReq {
+                vm_id: 1,
+                flags: 0,
+                ops,
+            }),
+            group.finish(&GroupCreateReq {
+                queues,
+                max_compute_cores: 1,
+                max_fragment_cores: 1,
+                max_tiler_cores: 1,
+                priority: 1,
+                compute_core_mask: 1,
+                fragment_core_mask: 1,
+                tiler_core_mask: 1,
+                vm_id: 1,
+                handle: 1,
+                ..Default::default()
+            }),
+        ],
+    );
+    let mut w = CommandWriter::<GroupSubmitReq>::new(8, 0);
+    let subs = w.array(&[QueueSubmit {
+        queue_index: 0,
+        stream_size: 64,
+        stream_addr: DATA_VA,
+        ..Default::default()
+    }]);
+    let job = w.finish(&GroupSubmitReq {
+        group_handle: 1,
+        pad: 0,
+        queue_submits: subs,
+    });
+    // The VM's bind queue has ring 1, the group's queue ring 2.
+    let mut h = fenced(cmd::SUBMIT_3D, ctx, 1, Some(2));
+    h.type_ = cmd::SUBMIT_3D;
+    let req = with_tail(
+        &CmdSubmit {
+            hdr: h,
+            size: job.len() as u32,
+            num_in_fences: 0,
+        },
+        &job,
+    );
+    let hdr_len = std::mem::size_of::<CtrlHdr>();
+    let vmm = &mut g.vmm;
+    let label = "fenced no-op GPU job";
+    round_trips(vmm, &req, hdr_len, WARMUP / 4);
+    let s = stats(round_trips(vmm, &req, hdr_len, iters));
+    print_latency(&format!("{label}, coarse wait"), &s);
+    println!(
+        "  {:<28} p50 {:.2}x, p99 {:.2}x the echo round trip (p50)",
+        "",
+        s.p50 / floor.0,
+        s.p99 / floor.0
+    );
+    batched(vmm, &req, hdr_len, batches / 10 + 1);
+    let rps = batched(vmm, &req, hdr_len, batches);
+    println!(
+        "  {:<28} {:>7.3} M jobs/s, {:.2}x echo",
+        format!("GPU jobs {BATCH}/kick"),
         rps / 1e6,
         rps / floor.1
     );

@@ -28,6 +28,7 @@ use vmm_sys_util::event::{
 use crate::display::FrontendDisplay;
 use crate::guest_warn;
 use crate::log_limit::LogLimiter;
+use crate::native::FenceSink;
 use crate::virtio_gpu::control::{GpuConfig, GpuState, Negotiated};
 use crate::virtio_gpu::fence::{FenceRings, HeldChain, Timeline};
 use crate::virtio_gpu::protocol::*;
@@ -69,6 +70,63 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
         | VhostUserProtocolFeatures::RESET_DEVICE
 }
 
+/// The completion path of fenced chains, shared by the vring worker and the
+/// GPU engine threads: the fence rings, and the control vring to return
+/// chains to. Lock order: `fences`, then `control_vring`, then the vring's
+/// own lock; nothing here ever takes the device state lock, so a thread
+/// holding that lock may wait for an engine thread that completes fences.
+struct Completer {
+    fences: Mutex<FenceRings>,
+    control_vring: Mutex<Option<VringRwLock>>,
+    limiter: Mutex<LogLimiter>,
+}
+
+impl Completer {
+    fn return_chains(&self, vring: &VringRwLock, chains: &[HeldChain]) -> io::Result<()> {
+        if chains.is_empty() {
+            return Ok(());
+        }
+        let size = vring.get_ref().get_queue().size();
+        for c in chains {
+            if c.head >= size {
+                guest_warn!(
+                    lock(&self.limiter),
+                    "descriptor head {} is outside the {size}-entry queue; not returned",
+                    c.head
+                );
+                continue;
+            }
+            if let Err(e) = vring.add_used(c.head, c.len) {
+                guest_warn!(lock(&self.limiter), "add_used({}) failed: {e}", c.head);
+            }
+        }
+        if vring.needs_notification().unwrap_or(true) {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn complete_fence(&self, timeline: Timeline, fence_id: u64) -> io::Result<()> {
+        let ready = lock(&self.fences).complete(timeline, fence_id);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let vring = lock(&self.control_vring).clone();
+        match vring {
+            Some(v) => self.return_chains(&v, &ready),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FenceSink for Completer {
+    fn complete(&self, timeline: Timeline, fence_id: u64) {
+        if let Err(e) = self.complete_fence(timeline, fence_id) {
+            warn!("completing fence {fence_id} on {timeline:?}: {e}");
+        }
+    }
+}
+
 struct Exit {
     consumer: EventConsumer,
     notifier: EventNotifier,
@@ -77,7 +135,7 @@ struct Exit {
 /// The virtio-gpu device of one connection.
 pub struct GpuDevice {
     state: Mutex<GpuState>,
-    fences: Mutex<FenceRings>,
+    completer: Arc<Completer>,
     mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     event_idx: AtomicBool,
     acked: AtomicU64,
@@ -86,7 +144,6 @@ pub struct GpuDevice {
     /// when it sees a new value.
     generation: AtomicU64,
     seen_generation: AtomicU64,
-    control_vring: Mutex<Option<VringRwLock>>,
     exit: Exit,
     handed_out_fds: Mutex<Vec<RawFd>>,
     limiter: Mutex<LogLimiter>,
@@ -105,19 +162,24 @@ impl GpuDevice {
     /// A device for a new connection.
     pub fn new(cfg: GpuConfig) -> io::Result<GpuDevice> {
         let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK)?;
-        let state = GpuState::new(cfg);
+        let mut state = GpuState::new(cfg);
+        let completer = Arc::new(Completer {
+            fences: Mutex::new(FenceRings::new()),
+            control_vring: Mutex::new(None),
+            limiter: Mutex::new(LogLimiter::default()),
+        });
+        state.set_fence_sink(completer.clone());
         Ok(GpuDevice {
             num_scanouts: state.num_scanouts(),
             num_capsets: state.num_capsets(),
             state: Mutex::new(state),
-            fences: Mutex::new(FenceRings::new()),
+            completer,
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             events_read: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             seen_generation: AtomicU64::new(0),
-            control_vring: Mutex::new(None),
             exit: Exit { consumer, notifier },
             handed_out_fds: Mutex::new(Vec::new()),
             limiter: Mutex::new(LogLimiter::default()),
@@ -145,7 +207,7 @@ impl GpuDevice {
 
     /// Number of fenced chains held back for ordering.
     pub fn pending_fences(&self) -> usize {
-        lock(&self.fences).pending()
+        lock(&self.completer.fences).pending()
     }
 
     /// Number of requests handled so far.
@@ -157,15 +219,7 @@ impl GpuDevice {
     /// every chain of that timeline that may now complete. Safe to call from
     /// any thread.
     pub fn complete_fence(&self, timeline: Timeline, fence_id: u64) -> io::Result<()> {
-        let ready = lock(&self.fences).complete(timeline, fence_id);
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let vring = lock(&self.control_vring).clone();
-        match vring {
-            Some(v) => self.return_chains(&v, &ready),
-            None => Ok(()),
-        }
+        self.completer.complete_fence(timeline, fence_id)
     }
 
     fn config_bytes(&self) -> VirtioGpuConfig {
@@ -178,27 +232,7 @@ impl GpuDevice {
     }
 
     fn return_chains(&self, vring: &VringRwLock, chains: &[HeldChain]) -> io::Result<()> {
-        if chains.is_empty() {
-            return Ok(());
-        }
-        let size = vring.get_ref().get_queue().size();
-        for c in chains {
-            if c.head >= size {
-                guest_warn!(
-                    lock(&self.limiter),
-                    "descriptor head {} is outside the {size}-entry queue; not returned",
-                    c.head
-                );
-                continue;
-            }
-            if let Err(e) = vring.add_used(c.head, c.len) {
-                guest_warn!(lock(&self.limiter), "add_used({}) failed: {e}", c.head);
-            }
-        }
-        if vring.needs_notification().unwrap_or(true) {
-            vring.signal_used_queue()?;
-        }
-        Ok(())
+        self.completer.return_chains(vring, chains)
     }
 
     /// Resets per-boot state if the device was reset since the last call.
@@ -214,7 +248,7 @@ impl GpuDevice {
             }
             // Held chains belong to the old rings, which the frontend has
             // taken back; they must not be completed on the new ones.
-            let dropped = lock(&self.fences).flush_all();
+            let dropped = lock(&self.completer.fences).flush_all();
             if !dropped.is_empty() {
                 debug!("dropped {} fenced chains of the old rings", dropped.len());
             }
@@ -294,11 +328,20 @@ impl GpuDevice {
                 head,
                 len: outcome.len,
             };
-            match outcome.fence {
-                None => ready.push(held),
-                Some((timeline, id)) => {
-                    ready.extend(lock(&self.fences).push(timeline, id, held, true));
+            match (outcome.fence, outcome.pending) {
+                (None, _) => ready.push(held),
+                (Some((timeline, id)), None) => {
+                    ready.extend(lock(&self.completer.fences).push(timeline, id, held, true));
                 }
+                (Some((timeline, id)), Some(tracker)) => {
+                    // Queued as not done first, so that the work cannot
+                    // complete the fence before it is known.
+                    ready.extend(lock(&self.completer.fences).push(timeline, id, held, false));
+                    tracker.arm();
+                }
+            }
+            if let Some(ctx) = outcome.destroyed_ctx {
+                ready.extend(lock(&self.completer.fences).flush_context(ctx));
             }
         }
         (ready, broken)
@@ -334,6 +377,10 @@ impl VhostUserBackend for GpuDevice {
 
     fn reset_device(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // Held chains belong to the old rings: drop them now, so that GPU
+        // work completing before the worker tears the contexts down cannot
+        // return them on the new rings.
+        lock(&self.completer.fences).flush_all();
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -373,6 +420,7 @@ impl VhostUserBackend for GpuDevice {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        lock(&self.state).set_memory(mem.clone());
         *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
         Ok(())
     }
@@ -396,8 +444,9 @@ impl VhostUserBackend for GpuDevice {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         if queue_index == u32::from(CONTROL_QUEUE) {
             // The frontend stops the device (guest reset, shutdown): the
-            // next start is a new boot.
+            // next start is a new boot, and held chains are not returned.
             self.generation.fetch_add(1, Ordering::AcqRel);
+            lock(&self.completer.fences).flush_all();
         }
         Ok(())
     }
@@ -418,7 +467,7 @@ impl VhostUserBackend for GpuDevice {
             return Ok(());
         };
         if device_event == CONTROL_QUEUE {
-            let mut cv = lock(&self.control_vring);
+            let mut cv = lock(&self.completer.control_vring);
             if cv.is_none() {
                 *cv = Some(vring.clone());
             }

@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 use log::{error, info};
 
 use vhost_user_mali::daemon::{self, DaemonConfig, Shutdown};
+use vhost_user_mali::native::NativeConfig;
 use vhost_user_mali::virtio_gpu::control::{default_capset, GpuConfig};
 use vhost_user_mali::virtio_gpu::resources::Limits;
 
@@ -69,6 +70,12 @@ struct Cli {
     /// Host memory, in MiB, that one guest's 2D resources may use in total.
     #[arg(long, value_name = "MIB", default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=65536))]
     max_2d_memory: u64,
+
+    /// How long a GPU job may run, in milliseconds, before its group is
+    /// killed and the job completes with ETIMEDOUT (Panthor's default is
+    /// 5 s). Reported to the guest in DEV_QUERY CONTEXT_INFO.
+    #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=600_000))]
+    job_timeout_ms: u32,
 
     /// Log level. Without it, RUST_LOG is used if set, else `info`.
     #[arg(long, value_enum)]
@@ -147,6 +154,10 @@ fn main() -> ExitCode {
                 ..Limits::default()
             },
             capset: default_capset(),
+            native: NativeConfig {
+                job_timeout_ms: cli.job_timeout_ms,
+                ..NativeConfig::default()
+            },
         },
     };
 

@@ -1,16 +1,24 @@
 //! The CSF native context: the GPU protocol a guest reaches through
-//! SUBMIT_3D on a context created with the project's capset.
+//! SUBMIT_3D on a context created with the project's capset (full mode) or
+//! capset 0 (compat mode). `docs/protocol.md` is the specification.
 //!
-//! This module owns the per-context state and the decoding of the command
-//! stream framing ([`framing`]).
+//! - [`framing`]: splits a SUBMIT_3D buffer into commands.
+//! - [`context`]: one context's objects and the execution of each command.
+//! - [`rspmem`]: the response memory the guest registered with INIT.
+//! - [`events`]: asynchronous work and the engine's completion handler.
+//! - [`fences`]: fence completion of SUBMIT_3Ds that queued work.
+//! - [`kmem`]: the kernel-memory pool given with VM_ADD_KERNEL_MEMORY.
 
+pub mod context;
+pub mod events;
+pub mod fences;
 pub mod framing;
+pub mod kmem;
+pub mod rspmem;
 
-use log::debug;
-
+pub use context::{NativeConfig, NativeContext, SubmitEnv};
+pub use fences::{FenceSink, WorkTracker};
 pub use framing::{parse_commands, FramingError};
-
-use crate::uapi::native::NATIVE_CMD_NOP;
 
 /// Errors a native context reports for a SUBMIT_3D buffer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -26,39 +34,10 @@ pub enum NativeError {
         /// Its sequence number.
         seqno: u32,
     },
-}
-
-/// The state of one native context.
-#[derive(Debug, Default)]
-pub struct NativeContext {
-    commands_seen: u64,
-}
-
-impl NativeContext {
-    /// A fresh context.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Number of commands executed so far.
-    pub fn commands_seen(&self) -> u64 {
-        self.commands_seen
-    }
-
-    /// Validates and executes a SUBMIT_3D buffer. Nothing runs unless the
-    /// whole buffer is well-formed and every command is known.
-    pub fn submit(&mut self, buf: &[u8]) -> Result<(), NativeError> {
-        let cmds = parse_commands(buf)?;
-        if let Some((h, _)) = cmds.iter().find(|(h, _)| h.cmd != NATIVE_CMD_NOP) {
-            return Err(NativeError::UnknownCommand {
-                cmd: h.cmd,
-                seqno: h.seqno,
-            });
-        }
-        for (h, _) in &cmds {
-            debug!("native: NOP seqno {}", h.seqno);
-            self.commands_seen += 1;
-        }
-        Ok(())
-    }
+    /// A command other than NOP before the context has response memory.
+    #[error("native command {cmd:#x} before INIT")]
+    BeforeInit {
+        /// The code.
+        cmd: u32,
+    },
 }

@@ -222,6 +222,62 @@ impl GpuDriver {
         self.ctrl_code(&req)
     }
 
+    /// A guest blob (`VIRTIO_GPU_BLOB_MEM_GUEST`) of `size` bytes on
+    /// context `ctx` (which it is attached to), backed by fresh zeroed
+    /// guest memory; returns the response code and the backing address.
+    pub fn create_guest_blob(
+        &mut self,
+        ctx: u32,
+        id: u32,
+        size: u64,
+    ) -> Result<(u32, GuestAddress), Error> {
+        let addr = self.alloc(size)?;
+        self.vmm.write_guest(addr, &vec![0u8; size as usize])?;
+        let req = ResourceCreateBlob {
+            hdr: ctx_hdr(cmd::RESOURCE_CREATE_BLOB, ctx),
+            resource_id: id,
+            blob_mem: VIRTIO_GPU_BLOB_MEM_GUEST,
+            blob_flags: 0,
+            nr_entries: 1,
+            blob_id: 0,
+            size,
+        };
+        let entry = MemEntry {
+            addr: addr.0,
+            length: size as u32,
+            padding: 0,
+        };
+        Ok((
+            self.ctrl_code_bytes(&with_tail(&req, entry.as_slice()))?,
+            addr,
+        ))
+    }
+
+    /// A 3D buffer resource of `size` bytes with fresh zeroed guest
+    /// backing, attached to context `ctx` (compat mode's BOs); returns the
+    /// last response code and the backing address.
+    pub fn create_backed_buffer(
+        &mut self,
+        ctx: u32,
+        id: u32,
+        size: u32,
+    ) -> Result<(u32, GuestAddress), Error> {
+        let addr = self.alloc(u64::from(size))?;
+        self.vmm.write_guest(addr, &vec![0u8; size as usize])?;
+        let mut code = self.create_buffer(ctx, id, size)?;
+        if code == cmd::RESP_OK_NODATA {
+            code = self.attach_backing(id, &[(addr, size)])?;
+        }
+        if code == cmd::RESP_OK_NODATA {
+            code = self.ctrl_code(&ResourceOnly {
+                hdr: ctx_hdr(cmd::CTX_ATTACH_RESOURCE, ctx),
+                resource_id: id,
+                padding: 0,
+            })?;
+        }
+        Ok((code, addr))
+    }
+
     /// SUBMIT_3D of `data` with header `h` (whose type is set here).
     pub fn submit_3d(&mut self, mut h: CtrlHdr, data: &[u8]) -> Result<u32, Error> {
         h.type_ = cmd::SUBMIT_3D;

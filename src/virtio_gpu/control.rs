@@ -14,7 +14,7 @@ use std::time::Duration;
 use log::debug;
 use thiserror::Error;
 use virtio_queue::{Reader, Writer};
-use vm_memory::{ByteValued, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::edid;
 use super::fence::Timeline;
@@ -23,7 +23,7 @@ use super::resources::{Backing, Limits, ResourceError, ResourceKind, ResourceTab
 use crate::display::{self, DisplayMsg, FrontendDisplay};
 use crate::guest_warn;
 use crate::log_limit::LogLimiter;
-use crate::native::NativeContext;
+use crate::native::{FenceSink, NativeConfig, NativeContext, SubmitEnv, WorkTracker};
 use crate::uapi::capset::{self, DrmCapset, CAPSET_ID_DRM};
 use vhost::vhost_user::gpu_message::{
     VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuScanout, VhostUserGpuUpdate,
@@ -42,6 +42,8 @@ pub struct GpuConfig {
     pub limits: Limits,
     /// The capset this device announces.
     pub capset: DrmCapset,
+    /// Settings of the native contexts.
+    pub native: NativeConfig,
 }
 
 impl Default for GpuConfig {
@@ -52,6 +54,7 @@ impl Default for GpuConfig {
             height: 800,
             limits: Limits::default(),
             capset: default_capset(),
+            native: NativeConfig::default(),
         }
     }
 }
@@ -182,12 +185,18 @@ fn data<T: ByteValued>(code: u32, body: &T) -> Resp {
 }
 
 /// What the queue should do with a processed chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Outcome {
     /// Bytes written into the chain.
     pub len: u32,
     /// The fence timeline and id, for a fenced command.
     pub fence: Option<(Timeline, u64)>,
+    /// For a fenced SUBMIT_3D that queued GPU work: the tracker of that
+    /// work. The fence is queued as not done, then the tracker armed.
+    pub pending: Option<Arc<WorkTracker>>,
+    /// A context destroyed by this command: its held fences must be
+    /// returned.
+    pub destroyed_ctx: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -240,6 +249,10 @@ pub struct GpuState {
     display: Option<FrontendDisplay>,
     uuid_seed: u64,
     limiter: LogLimiter,
+    sink: Option<Arc<dyn FenceSink>>,
+    guest_mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    pending: Option<Arc<WorkTracker>>,
+    destroyed_ctx: Option<u32>,
 }
 
 fn is_2d(kind: &ResourceKind) -> bool {
@@ -271,7 +284,21 @@ impl GpuState {
             display: None,
             uuid_seed,
             limiter: LogLimiter::default(),
+            sink: None,
+            guest_mem: None,
+            pending: None,
+            destroyed_ctx: None,
         }
+    }
+
+    /// Sets where native contexts complete their fences.
+    pub fn set_fence_sink(&mut self, sink: Arc<dyn FenceSink>) {
+        self.sink = Some(sink);
+    }
+
+    /// Sets the guest memory the GPU engines use.
+    pub fn set_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.guest_mem = Some(mem);
     }
 
     /// Records the features the driver accepted.
@@ -366,6 +393,8 @@ impl GpuState {
         };
 
         let fence = self.fence_of(&hdr);
+        let pending = self.pending.take();
+        let destroyed_ctx = self.destroyed_ctx.take();
         let (code, body) = match result {
             Ok(Resp::NoData) => (cmd::RESP_OK_NODATA, Vec::new()),
             Ok(Resp::Data(code, body)) => (code, body),
@@ -398,6 +427,8 @@ impl GpuState {
         Outcome {
             len,
             fence: fence.map(|t| (t, hdr.fence_id)),
+            pending: pending.filter(|_| fence.is_some()),
+            destroyed_ctx,
         }
     }
 
@@ -721,6 +752,7 @@ impl GpuState {
         for ctx in res.contexts.iter() {
             if let Some(c) = self.contexts.get_mut(ctx) {
                 c.resources.remove(&req.resource_id);
+                c.native.resource_gone(req.resource_id);
             }
         }
         for i in 0..self.scanouts.len() {
@@ -1221,17 +1253,23 @@ impl GpuState {
                 capset_id,
                 name,
                 resources: BTreeSet::new(),
-                native: NativeContext::new(),
+                native: NativeContext::new(self.cfg.native),
             },
         );
         Ok(Resp::NoData)
     }
 
     fn ctx_destroy(&mut self, hdr: &CtrlHdr) -> Result<Resp, CmdError> {
-        let ctx = self
+        let mut ctx = self
             .contexts
             .remove(&hdr.ctx_id)
             .ok_or(CmdError::InvalidContext(hdr.ctx_id))?;
+        // Cancels the context's GPU work; every completion (and the fence
+        // of every SUBMIT_3D that queued it) is reported before this
+        // returns. The engine's event handler never takes this state's
+        // lock, so waiting for it here cannot deadlock.
+        ctx.native.shutdown();
+        self.destroyed_ctx = Some(hdr.ctx_id);
         for rid in ctx.resources {
             if let Ok(r) = self.resources.get_mut(rid) {
                 r.contexts.remove(&hdr.ctx_id);
@@ -1288,12 +1326,26 @@ impl GpuState {
         let mut buf = vec![0u8; req.size as usize];
         std::io::Read::read_exact(r, &mut buf)
             .map_err(|e| invalid(format!("reading command buffer: {e}")))?;
+        let fence = self.fence_of(&req.hdr).map(|t| (t, req.hdr.fence_id));
+        let Some(mem) = self.guest_mem.as_ref() else {
+            return Err(CmdError::Unspec("no guest memory".into()));
+        };
+        let full = self.features.context_init;
         let ctx = self
             .contexts
             .get_mut(&ctx_id)
             .ok_or(CmdError::InvalidContext(ctx_id))?;
-        ctx.native
-            .submit(&buf)
+        let env = SubmitEnv {
+            ctx_id,
+            full: full && ctx.capset_id == CAPSET_ID_DRM,
+            resources: &self.resources,
+            mem,
+            fence,
+            sink: self.sink.clone(),
+        };
+        self.pending = ctx
+            .native
+            .submit(&buf, &env)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Resp::NoData)
     }

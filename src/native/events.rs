@@ -1,0 +1,252 @@
+//! Asynchronous work of a native context and the engine event handler.
+//!
+//! Each command that queues work (GROUP_SUBMIT, asynchronous VM_BIND,
+//! SYNCOBJ_WAIT) registers one [`Work`] before it hands the work to the
+//! engine. The engine reports completions on its own thread through
+//! [`on_event`], which finishes the work: it writes the completion record
+//! and the asynchronous error fields of the response memory, then drops the
+//! work's count on the SUBMIT_3D's [`WorkTracker`], completing its fence
+//! when nothing else is outstanding. The handler never takes the device
+//! state lock, so the worker may wait for the engine while holding it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use super::fences::WorkTracker;
+use super::rspmem::RspMem;
+use crate::gpu::engine::EngineEvent;
+use crate::gpu::firmware::FwEvent;
+use crate::gpu::sync::FenceResult;
+
+/// Bits of a `user_data` that index an element of one command's work.
+pub const INDEX_BITS: u32 = 16;
+
+/// What a piece of work counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkKind {
+    /// Jobs of a GROUP_SUBMIT.
+    Jobs,
+    /// Ops of an asynchronous VM_BIND (one event for all).
+    Bind {
+        /// Ops queued.
+        ops: usize,
+    },
+    /// A SYNCOBJ_WAIT.
+    Wait {
+        /// Ends at the first point (wait-any).
+        any: bool,
+    },
+}
+
+/// The outstanding work of one command.
+#[derive(Debug)]
+pub struct Work {
+    /// The kind.
+    pub kind: WorkKind,
+    /// Response memory registered when the command ran.
+    pub rsp: Option<Arc<RspMem>>,
+    /// Offset of the completion record, if the command has a response.
+    pub record: Option<u64>,
+    /// Offset of SYNCOBJ_WAIT's `first_signaled`, if any.
+    pub first_signaled: Option<u64>,
+    /// Events still expected.
+    pub remaining: usize,
+    /// First error (negative errno), or 0.
+    pub result: i32,
+    /// Seqno of the command.
+    pub seqno: u32,
+    /// The fence tracker of its SUBMIT_3D.
+    pub tracker: Option<Arc<WorkTracker>>,
+    /// The command's response is written: completion may be reported.
+    pub armed: bool,
+    /// All events arrived before the response was written.
+    pub finished: bool,
+    /// Index of the element whose event came last.
+    pub last_index: u32,
+}
+
+/// The first fatal fault of a group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupFault {
+    /// The exception code.
+    pub exception_type: u32,
+    /// The faulting VA of an MMU fault, else 0.
+    pub fault_va: u64,
+}
+
+/// State shared by a context and its engine's event handler.
+#[derive(Debug, Default)]
+pub struct AsyncState {
+    /// Outstanding work by id (`user_data >> INDEX_BITS`).
+    pub works: HashMap<u64, Work>,
+    /// Jobs not completed.
+    pub jobs_in_flight: usize,
+    /// Asynchronous bind ops not applied.
+    pub binds_in_flight: usize,
+    /// Waits pending.
+    pub waits: usize,
+    /// First fatal fault per engine group handle.
+    pub faults: HashMap<u32, GroupFault>,
+}
+
+/// A cloneable handle on the shared state.
+#[derive(Debug, Clone, Default)]
+pub struct Shared(pub Arc<Mutex<AsyncState>>);
+
+impl Shared {
+    /// Locks it.
+    pub fn lock(&self) -> MutexGuard<'_, AsyncState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The response of work `id` is written: from now on its completion
+    /// may overwrite the record. Reports it at once if it already ended.
+    pub fn arm<M: vm_memory::GuestMemoryBackend + ?Sized>(&self, id: u64, mem: &M) {
+        let w = {
+            let mut st = self.lock();
+            match st.works.get_mut(&id) {
+                Some(w) if w.finished => st.works.remove(&id),
+                Some(w) => {
+                    w.armed = true;
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(w) = w {
+            finalize(w, mem);
+        }
+    }
+
+    /// Removes a work that could not be queued; if it was still registered
+    /// its tracker count is dropped (the caller had added it).
+    pub fn cancel(&self, id: u64) {
+        let w = {
+            let mut st = self.lock();
+            let w = st.works.remove(&id);
+            if let Some(w) = &w {
+                uncount(&mut st, w);
+            }
+            w
+        };
+        if let Some(t) = w.and_then(|w| w.tracker) {
+            t.done();
+        }
+    }
+}
+
+fn uncount(st: &mut AsyncState, w: &Work) {
+    match w.kind {
+        WorkKind::Jobs => st.jobs_in_flight = st.jobs_in_flight.saturating_sub(w.remaining),
+        WorkKind::Bind { ops } => st.binds_in_flight = st.binds_in_flight.saturating_sub(ops),
+        WorkKind::Wait { .. } => st.waits = st.waits.saturating_sub(1),
+    }
+}
+
+fn errno_of(result: FenceResult) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => -e.abs(),
+    }
+}
+
+/// Handles one engine event (on the engine thread).
+pub fn on_event(shared: &Shared, mem: &GuestMemoryAtomic<GuestMemoryMmap>, ev: EngineEvent) {
+    let (user_data, result) = match ev {
+        EngineEvent::JobDone {
+            user_data, result, ..
+        }
+        | EngineEvent::BindDone {
+            user_data, result, ..
+        }
+        | EngineEvent::SyncWaitDone { user_data, result } => (user_data, result),
+        EngineEvent::Firmware(fw) => {
+            let (group, fault) = match fw {
+                FwEvent::CsFatal { group, fault, .. } => (
+                    group,
+                    GroupFault {
+                        exception_type: u32::from(fault.exception_code),
+                        fault_va: 0,
+                    },
+                ),
+                FwEvent::MmuFault { group, fault, .. } => (
+                    group,
+                    GroupFault {
+                        exception_type: u32::from(fault.exception_code),
+                        fault_va: fault.va,
+                    },
+                ),
+                _ => return,
+            };
+            shared.lock().faults.entry(group).or_insert(fault);
+            return;
+        }
+    };
+    let id = user_data >> INDEX_BITS;
+    let index = (user_data & ((1 << INDEX_BITS) - 1)) as u32;
+    let ret = errno_of(result);
+    let finished = {
+        let mut st = shared.lock();
+        let Some(w) = st.works.get_mut(&id) else {
+            return;
+        };
+        if w.result == 0 {
+            w.result = ret;
+        }
+        w.remaining = w.remaining.saturating_sub(1);
+        w.last_index = index;
+        let kind = w.kind;
+        let done = w.remaining == 0 || matches!(kind, WorkKind::Wait { any: true });
+        if kind == WorkKind::Jobs {
+            st.jobs_in_flight = st.jobs_in_flight.saturating_sub(1);
+        }
+        if done && !st.works.get(&id).is_some_and(|w| w.armed) {
+            // The response is not written yet: the worker reports it.
+            if let Some(w) = st.works.get_mut(&id) {
+                w.finished = true;
+            }
+            None
+        } else if done {
+            let w = st.works.remove(&id);
+            if let Some(w) = &w {
+                match w.kind {
+                    WorkKind::Bind { ops } => {
+                        st.binds_in_flight = st.binds_in_flight.saturating_sub(ops)
+                    }
+                    WorkKind::Wait { .. } => st.waits = st.waits.saturating_sub(1),
+                    WorkKind::Jobs => {
+                        st.jobs_in_flight = st.jobs_in_flight.saturating_sub(w.remaining)
+                    }
+                }
+            }
+            w
+        } else {
+            None
+        }
+    };
+    let Some(w) = finished else {
+        return;
+    };
+    let guard = mem.memory();
+    finalize(w, &*guard);
+}
+
+/// Writes the results of finished work, then drops its fence count.
+fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(w: Work, m: &M) {
+    if let Some(rsp) = &w.rsp {
+        if let Some(fs) = w.first_signaled {
+            rsp.write(m, fs, &w.last_index.to_le_bytes());
+        }
+        if let Some(off) = w.record {
+            rsp.complete_record(m, off, w.result);
+        }
+        if w.result != 0 {
+            rsp.async_error(m, w.seqno, w.result);
+        }
+    }
+    if let Some(t) = w.tracker {
+        t.done();
+    }
+}

@@ -1,0 +1,85 @@
+//! Fence completion of SUBMIT_3Ds that queued GPU work.
+//!
+//! A fenced SUBMIT_3D whose commands queued work (jobs, asynchronous bind
+//! ops, syncobj waits) is held by the transport until all of that work has
+//! completed. A [`WorkTracker`] counts the outstanding work of one such
+//! SUBMIT_3D; the last completion, which happens on the GPU engine's
+//! thread, hands the fence to a [`FenceSink`] (the device), which returns
+//! the held descriptor chain in ring order.
+//!
+//! The count starts at one, a hold the transport drops with
+//! [`WorkTracker::arm`] once it has queued the fence: work that completes
+//! before the fence is queued can therefore never complete it early.
+
+use std::sync::{Arc, Mutex};
+
+use crate::virtio_gpu::fence::Timeline;
+
+/// Where completed fences go: implemented by the device, callable from any
+/// thread.
+pub trait FenceSink: Send + Sync {
+    /// The work of the fenced command `fence_id` on `timeline` is done.
+    fn complete(&self, timeline: Timeline, fence_id: u64);
+}
+
+/// The outstanding work of one fenced SUBMIT_3D.
+pub struct WorkTracker {
+    outstanding: Mutex<usize>,
+    timeline: Timeline,
+    fence_id: u64,
+    sink: Arc<dyn FenceSink>,
+}
+
+impl std::fmt::Debug for WorkTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkTracker")
+            .field("timeline", &self.timeline)
+            .field("fence_id", &self.fence_id)
+            .finish()
+    }
+}
+
+impl WorkTracker {
+    /// A tracker for fence `fence_id` on `timeline`, with the transport's
+    /// hold taken.
+    pub fn new(timeline: Timeline, fence_id: u64, sink: Arc<dyn FenceSink>) -> Arc<Self> {
+        Arc::new(Self {
+            outstanding: Mutex::new(1),
+            timeline,
+            fence_id,
+            sink,
+        })
+    }
+
+    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.outstanding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One more piece of work to wait for.
+    pub fn add(&self) {
+        *self.count() += 1;
+    }
+
+    /// Whether anything besides the transport's hold is outstanding.
+    pub fn has_work(&self) -> bool {
+        *self.count() > 1
+    }
+
+    /// One piece of work completed (or the transport dropped its hold).
+    /// The last one completes the fence.
+    pub fn done(&self) {
+        let last = {
+            let mut n = self.count();
+            *n = n.saturating_sub(1);
+            *n == 0
+        };
+        if last {
+            self.sink.complete(self.timeline, self.fence_id);
+        }
+    }
+
+    /// The transport queued the fence: drops its hold.
+    pub fn arm(&self) {
+        self.done();
+    }
+}
