@@ -125,6 +125,28 @@ impl FenceSink for Completer {
             warn!("completing fence {fence_id} on {timeline:?}: {e}");
         }
     }
+
+    /// One lock of the fence rings for all of them, then every released
+    /// chain on the used ring with at most one notification.
+    fn complete_many(&self, fences: &[(Timeline, u64)]) {
+        let ready: Vec<HeldChain> = {
+            let mut rings = lock(&self.fences);
+            let mut ready = Vec::new();
+            for &(timeline, id) in fences {
+                ready.extend(rings.complete(timeline, id));
+            }
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        let vring = lock(&self.control_vring).clone();
+        if let Some(v) = vring {
+            if let Err(e) = self.return_chains(&v, &ready) {
+                warn!("completing {} fences: {e}", fences.len());
+            }
+        }
+    }
 }
 
 struct Exit {
@@ -335,15 +357,23 @@ impl GpuDevice {
                 }
                 (Some((timeline, id)), Some(tracker)) => {
                     // Queued as not done first, so that the work cannot
-                    // complete the fence before it is known.
-                    ready.extend(lock(&self.completer.fences).push(timeline, id, held, false));
-                    tracker.arm();
+                    // complete the fence before it is known. If the work
+                    // already ended, the fence completes here, its chain
+                    // joining this drain's batch.
+                    let mut rings = lock(&self.completer.fences);
+                    ready.extend(rings.push(timeline, id, held, false));
+                    if tracker.release() {
+                        ready.extend(rings.complete(timeline, id));
+                    }
                 }
             }
             if let Some(ctx) = outcome.destroyed_ctx {
                 ready.extend(lock(&self.completer.fences).flush_context(ctx));
             }
         }
+        // Every fence of the batch is queued: the engines may now run the
+        // batch's jobs, in one pass each, and complete them.
+        lock(&self.state).ring_engines();
         (ready, broken)
     }
 }

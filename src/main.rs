@@ -77,6 +77,18 @@ struct Cli {
     #[arg(long, value_name = "MS", default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=600_000))]
     job_timeout_ms: u32,
 
+    /// How long a SYNCOBJ_WAIT may wait, in milliseconds, before it ends
+    /// with ETIME (at most the protocol's 10 s). Reported to the guest in
+    /// DEV_QUERY CONTEXT_INFO.
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_syncobj_wait_ms: u32,
+
+    /// Bytes of user mappings one native context may have across its VMs,
+    /// in MiB (at most the protocol's 256 GiB); a MAP beyond it fails with
+    /// ENOMEM. Reported to the guest in DEV_QUERY CONTEXT_INFO.
+    #[arg(long, value_name = "MIB", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=262_144))]
+    max_mapped_mib: u64,
+
     /// Log level. Without it, RUST_LOG is used if set, else `info`.
     #[arg(long, value_enum)]
     log_level: Option<LogLevel>,
@@ -156,6 +168,8 @@ fn main() -> ExitCode {
             capset: default_capset(),
             native: NativeConfig {
                 job_timeout_ms: cli.job_timeout_ms,
+                max_syncobj_wait_ms: cli.max_syncobj_wait_ms,
+                max_mapped_bytes: cli.max_mapped_mib << 20,
                 ..NativeConfig::default()
             },
         },

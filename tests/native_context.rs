@@ -1027,6 +1027,66 @@ fn fault_is_contained() {
     common::finish(d);
 }
 
+/// A fenced GROUP_SUBMIT is checked by the GPU engine after the worker
+/// has moved on: when the engine refuses it (here, the group died of a
+/// fault the context has not been asked about), the response, the
+/// completion record and the header's error fields say so before the
+/// fence completes, and fences of later submits are not held up.
+#[test]
+fn fenced_submit_refused_by_the_engine() {
+    let d = common::daemon(&[]);
+    let g = connect(&d, true);
+    let mut a = Native::new(g, 1, true);
+    let bad = stream(|b| {
+        store(b, 0x4000_0000, 1);
+        b.pad_to(8);
+    });
+    let good = stream(|b| {
+        store(b, DATA_VA + 0x2000, 7);
+        b.pad_to(8);
+    });
+    a.write_data(0x1000, &bad);
+    a.write_data(0x3000, &good);
+    let (buf, slots) = a.number(&[
+        group_cmd(1, 1, 1, &[0]),
+        submit_cmd(1, &[(0, DATA_VA + 0x1000, 64, vec![])]),
+    ]);
+    assert_eq!(a.submit(&buf, Some((1, Some(2)))), cmd::RESP_OK_NODATA);
+    assert_eq!(a.wait_record(slots[1] + 8), -EINVAL);
+    let errors = a.header().error_count;
+
+    // Group 1 is dead: only the engine knows. The fenced submit's chain
+    // comes back with the refusal written, as an unfenced one would.
+    let (buf, slots) = a.number(&[submit_cmd(1, &[(0, DATA_VA + 0x3000, 64, vec![])])]);
+    assert_eq!(a.submit(&buf, Some((2, Some(2)))), cmd::RESP_OK_NODATA);
+    let sub: GroupSubmitRsp = a.rsp_at(slots[0]);
+    assert_eq!(sub.hdr.ret, -EINVAL);
+    assert_eq!(
+        sub.completion,
+        Completion {
+            state: COMPLETION_DONE,
+            result: -EINVAL
+        }
+    );
+    let h = a.header();
+    assert_eq!(h.seqno, a.seqno);
+    assert_eq!(h.error_count, errors + 1);
+    assert_eq!(h.last_error_seqno, a.seqno);
+    assert_eq!(h.last_error, -EINVAL);
+    assert_eq!(a.data_word(0x2000), 0, "a refused job must not run");
+
+    // A later fenced submit on the same ring is not held up by it.
+    let (buf, slots) = a.number(&[submit_cmd(1, &[(0, DATA_VA + 0x3000, 64, vec![])])]);
+    assert_eq!(a.submit(&buf, Some((3, Some(2)))), cmd::RESP_OK_NODATA);
+    let later: GroupSubmitRsp = a.rsp_at(slots[0]);
+    assert_eq!(later.completion.result, -EINVAL);
+    let h = a.header();
+    assert_eq!(h.error_count, errors + 2);
+    assert_eq!(h.async_error_count, 1, "refusals are not async errors");
+    drop(a);
+    common::finish(d);
+}
+
 /// An endless loop is killed by the configured job timeout; its fence
 /// completes and the group reports TIMEDOUT.
 #[test]
@@ -1210,5 +1270,682 @@ fn quota_exhaustion() {
     let mut other = Native::bare(g, 2, true);
     assert_eq!(other.run(&[encode(&VmCreateReq::default(), 0, 0)]), vec![0]);
     drop(other);
+    common::finish(d);
+}
+
+/// A DEV_QUERY of CONTEXT_INFO; the object is at the slot + 16.
+fn context_info_cmd() -> Vec<u8> {
+    encode(
+        &DevQueryReq {
+            query_type: DEV_QUERY_CONTEXT_INFO,
+            size: std::mem::size_of::<ContextInfo>() as u32,
+        },
+        0,
+        0,
+    )
+}
+
+/// A timeline syncobj WAIT of point `point` of `handle`, WAIT_FOR_SUBMIT.
+fn wait_cmd(handle: u32, point: u64, timeout_ns: u64) -> Vec<u8> {
+    let mut w = CommandWriter::<SyncobjWaitReq>::new(0, 0);
+    let pts = w.array(&[SyncobjPoint {
+        handle,
+        pad: 0,
+        point,
+    }]);
+    w.finish(&SyncobjWaitReq {
+        flags: SYNCOBJ_WAIT_FOR_SUBMIT,
+        pad: 0,
+        timeout_ns,
+        points: pts,
+    })
+}
+
+fn signal_cmd(handle: u32, point: u64) -> Vec<u8> {
+    encode(
+        &SyncobjPoint {
+            handle,
+            pad: 0,
+            point,
+        },
+        0,
+        0,
+    )
+}
+
+/// A synchronous VM_BIND of one op laid out with `stride` bytes: the op
+/// cut short, or followed by `trailing`.
+fn bind_with_stride(vm: u32, op: &VmBindOp, stride: u32, trailing: &[u8]) -> Vec<u8> {
+    let mut c = CommandWriter::<VmBindReq>::new(0, 0).finish(&VmBindReq {
+        vm_id: vm,
+        flags: 0,
+        ops: ObjArray {
+            stride,
+            count: 1,
+            offset: (16 + std::mem::size_of::<VmBindReq>()) as u64,
+        },
+    });
+    let mut elem = op.as_slice().to_vec();
+    elem.extend_from_slice(trailing);
+    elem.resize(stride as usize, 0);
+    c.extend_from_slice(&elem);
+    c.resize(c.len().next_multiple_of(8), 0);
+    let len = c.len() as u32;
+    c[4..8].copy_from_slice(&len.to_le_bytes());
+    c
+}
+
+/// Array elements: a newer guest's zero trailing bytes are accepted,
+/// non-zero ones are -E2BIG, a stride below the minimum or not a multiple
+/// of 8 is -EINVAL; nothing is applied on error.
+#[test]
+fn array_element_stride_rules() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    let op = map_op(1, 0, 0x200_0000, 0x1000);
+    let rets = n.run(&[
+        bind_with_stride(1, &op, 56, &[0, 0, 0, 0, 0, 0, 0, 1]),
+        bind_with_stride(1, &op, 56, &[0xff; 8]),
+        bind_with_stride(1, &op, 40, &[]),
+        bind_with_stride(1, &op, 52, &[0; 4]),
+    ]);
+    assert_eq!(rets, vec![-E2BIG, -E2BIG, -EINVAL, -EINVAL]);
+    for (i, slot) in [0x100u32, 0x200, 0x300, 0x400].iter().enumerate() {
+        let r: VmBindRsp = n.rsp_at(*slot);
+        assert_eq!(r.completed_ops, 0, "command {i} applied nothing");
+    }
+    // Nothing was mapped: a job storing there faults... instead, a
+    // synchronous UNMAP + MAP with zero trailing bytes works.
+    let rets = n.run(&[
+        bind_with_stride(1, &op, 56, &[0; 8]),
+        bind_with_stride(1, &op, 64, &[0; 16]),
+    ]);
+    assert_eq!(rets, vec![0, 0]);
+    let r: VmBindRsp = n.rsp_at(0x100);
+    assert_eq!(r.completed_ops, 1);
+    drop(n);
+    common::finish(d);
+}
+
+/// GROUP_CREATE when the context's rings run out: -EBUSY, no ring or
+/// kernel memory kept by the failed attempt, and the context keeps working.
+#[test]
+fn group_create_out_of_rings() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    // A second kernel-memory BO: rings, not kernel memory, run out first.
+    let extra = 16 + 4;
+    n.resource(extra, KERNEL_SIZE, false);
+    let rets = n.run(&[
+        encode(
+            &BoCreateReq {
+                res_id: extra,
+                flags: 0,
+                exclusive_vm_id: 1,
+                handle: 3,
+            },
+            0,
+            0,
+        ),
+        encode(
+            &VmAddKernelMemoryReq {
+                vm_id: 1,
+                bo_handle: 3,
+            },
+            0,
+            0,
+        ),
+    ]);
+    assert_eq!(rets, vec![0, 0]);
+    // 63 rings: VM 1's bind queue took one, 7 groups of 8 queues take 56.
+    let groups: Vec<Vec<u8>> = (1..=7).map(|h| group_cmd(1, h, 1, &[0; 8])).collect();
+    assert_eq!(n.run(&groups), vec![0; 7]);
+    let mut rings = std::collections::BTreeSet::new();
+    for i in 0..7u32 {
+        let r: GroupCreateRsp = n.rsp_at(0x100 + 0x100 * i);
+        assert_eq!(r.queue_count, 8);
+        rings.extend(r.queue_rings[..8].iter().copied());
+    }
+    assert_eq!(rings.len(), 56, "every queue has a ring of its own");
+    // Six rings are left: eight queues do not fit, twice, cleanly.
+    let rets = n.run(&[group_cmd(1, 8, 1, &[0; 8]), group_cmd(1, 0, 1, &[0; 7])]);
+    assert_eq!(rets, vec![-EBUSY, -EBUSY]);
+    // The failed attempts kept nothing: exactly six rings remain.
+    assert_eq!(n.run(&[group_cmd(1, 8, 1, &[0; 6])]), vec![0]);
+    let r: GroupCreateRsp = n.rsp_at(0x100);
+    assert!(r.queue_rings[..6]
+        .iter()
+        .all(|x| !rings.contains(x) && *x != 0));
+    assert_eq!(n.run(&[group_cmd(1, 9, 1, &[0])]), vec![-EBUSY]);
+    // The context keeps working: a freed group's rings serve a new one,
+    // whose job runs.
+    let s = stream(|b| {
+        store(b, DATA_VA + 0x2000, 0x77);
+        b.pad_to(8);
+    });
+    n.write_data(0x1000, &s);
+    let rets = n.run(&[
+        encode(&GroupDestroyReq { handle: 1, pad: 0 }, 0, 0),
+        group_cmd(1, 1, 1, &[0]),
+    ]);
+    assert_eq!(rets, vec![0, 0]);
+    let (buf, slots) = n.number(&[submit_cmd(1, &[(0, DATA_VA + 0x1000, 64, vec![])])]);
+    assert_eq!(n.submit(&buf, Some((1, Some(1)))), cmd::RESP_OK_NODATA);
+    assert_eq!(n.wait_record(slots[0] + 8), 0);
+    assert_eq!(n.data_word(0x2000), 0x77);
+    drop(n);
+    common::finish(d);
+}
+
+/// Creates group `group` (two queues) whose queue 0 runs a job that waits
+/// (CS SYNC_WAIT) for a data word and then signals point 1 of timeline
+/// syncobj 1: a point that materialises now and signals when the returned
+/// GROUP_SUBMIT (a job on queue 1 that sets the word) runs.
+fn gate(n: &mut Native, group: u32) -> Vec<u8> {
+    let waiter = stream(|b| {
+        b.move48(10, DATA_VA + 0x3000);
+        b.move32(12, 0);
+        b.sync_wait32(SyncCond::Gt, false, 10, 12);
+        b.pad_to(8);
+    });
+    let setter = stream(|b| {
+        b.move48(20, DATA_VA + 0x3000);
+        b.move32(22, 1);
+        b.sync_set32(SyncScope::System, false, 20, 22, AsyncOp::NOW);
+        b.pad_to(8);
+    });
+    n.write_data(0x1800, &waiter);
+    n.write_data(0x1840, &setter);
+    let rets = n.run(&[
+        timeline(1),
+        group_cmd(1, group, 1, &[0, 0]),
+        submit_cmd(group, &[(0, DATA_VA + 0x1800, 64, vec![signal(1, 1)])]),
+    ]);
+    assert_eq!(rets, vec![0, 0, 0]);
+    submit_cmd(group, &[(1, DATA_VA + 0x1840, 64, vec![])])
+}
+
+/// `max_jobs_in_flight`: jobs held behind a pending point count; a submit
+/// that would pass the limit is -EBUSY (nothing queued), one that reaches
+/// it exactly is accepted, and once the jobs complete there is room again.
+#[test]
+fn jobs_in_flight_limit() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    let s = stream(|b| {
+        store(b, DATA_VA + 0x2000, 5);
+        b.pad_to(8);
+    });
+    n.write_data(0x1000, &s);
+    let release = gate(&mut n, 2);
+    // Five queues: four take up to 256 jobs each (the per-queue cap), so
+    // the fifth meets the context's limit, not its queue's. With the gate
+    // job, 1023 jobs are in flight.
+    assert_eq!(n.run(&[group_cmd(1, 1, 1, &[0; 5])]), vec![0]);
+    let counts = [256u32, 256, 256, 254];
+    let jobs: Vec<(u32, u64, u32, Vec<SyncOp>)> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(q, &count)| {
+            (0..count).map(move |i| {
+                let syncs = if i == 0 { vec![wait(1, 1)] } else { vec![] };
+                (q as u32, DATA_VA + 0x1000, 64, syncs)
+            })
+        })
+        .collect();
+    assert_eq!(jobs.len() + 1, MAX_JOBS_IN_FLIGHT as usize - 1);
+    // Behind NOPs, so that later commands do not reuse its slot.
+    let (buf, big) = n.number(&[encode_nop_cmd(), submit_cmd(1, &jobs)]);
+    let big = &big[1..];
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    let r: GroupSubmitRsp = n.rsp_at(big[0]);
+    assert_eq!(r.hdr.ret, 0);
+    let two = submit_cmd(
+        1,
+        &[
+            (4, DATA_VA + 0x1000, 64, vec![]),
+            (4, DATA_VA + 0x1000, 64, vec![]),
+        ],
+    );
+    assert_eq!(n.run(std::slice::from_ref(&two)), vec![-EBUSY]);
+    let c: Completion = n.rsp_at(0x100 + 8);
+    assert_eq!((c.state, c.result), (COMPLETION_DONE, -EBUSY));
+    assert_eq!(n.data_word(0x2000), 0, "nothing ran");
+    // The release job brings the count to the limit exactly.
+    let (buf, rel) = n.number(&[release]);
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    assert_eq!(n.rsp_at::<RspHdr>(rel[0]).ret, 0);
+    assert_eq!(n.wait_record(big[0] + 8), 0);
+    assert_eq!(n.data_word(0x2000), 5);
+    // Room again.
+    n.write_data(0x2000, &[0; 4]);
+    let (buf, slots) = n.number(&[two]);
+    assert_eq!(n.submit(&buf, Some((1, Some(1)))), cmd::RESP_OK_NODATA);
+    assert_eq!(n.wait_record(slots[0] + 8), 0);
+    assert_eq!(n.data_word(0x2000), 5);
+    drop(n);
+    common::finish(d);
+}
+
+/// `max_binds_in_flight`: asynchronous ops held behind an unsignalled
+/// point count; one more is -EBUSY with nothing queued, and once they run
+/// the same bind works.
+#[test]
+fn binds_in_flight_limit() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    // Four VMs take 1024 ops each (the per-VM cap); a fifth meets the
+    // context's limit.
+    let release = gate(&mut n, 1);
+    let mut setup = Vec::new();
+    setup.extend((2..=5).map(|id| {
+        encode(
+            &VmCreateReq {
+                flags: 0,
+                id,
+                user_va_range: 0,
+            },
+            0,
+            0,
+        )
+    }));
+    assert_eq!(n.run(&setup), vec![0; 4]);
+    let per_vm = (MAX_BINDS_IN_FLIGHT / 4) as usize;
+    let mut ops = vec![VmBindOp {
+        flags: VM_BIND_OP_TYPE_SYNC_ONLY,
+        ..Default::default()
+    }];
+    ops.extend((1..per_vm).map(|i| VmBindOp {
+        flags: VM_BIND_OP_TYPE_UNMAP,
+        va: 0x1000_0000 + i as u64 * 0x1000,
+        size: 0x1000,
+        ..Default::default()
+    }));
+    let syncs = vec![vec![wait(1, 1)]];
+    let binds: Vec<Vec<u8>> = (1..=4)
+        .map(|vm| bind_cmd(vm, VM_BIND_ASYNC, &ops, &syncs))
+        .collect();
+    // Behind NOPs, so that later commands do not reuse their slots.
+    let mut cmds = vec![encode_nop_cmd(); 4];
+    cmds.extend(binds);
+    let (buf, slots) = n.number(&cmds);
+    let slots = &slots[4..];
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    for &s in slots {
+        let r: VmBindRsp = n.rsp_at(s);
+        assert_eq!((r.hdr.ret, r.completed_ops), (0, per_vm as u32));
+    }
+    let more = bind_cmd(5, VM_BIND_ASYNC, &[map_op(1, 0, DATA_VA, 0x1000)], &[]);
+    assert_eq!(n.run(std::slice::from_ref(&more)), vec![-EBUSY]);
+    let r: VmBindRsp = n.rsp_at(0x100);
+    assert_eq!(r.completed_ops, 0);
+    assert_eq!(r.completion.result, -EBUSY);
+    assert_eq!(n.run(&[release]), vec![0]);
+    for &s in slots {
+        assert_eq!(n.wait_record(s + 16), 0);
+    }
+    let (buf, slots) = n.number(&[more]);
+    assert_eq!(n.submit(&buf, Some((1, Some(1)))), cmd::RESP_OK_NODATA);
+    assert_eq!(n.wait_record(slots[0] + 16), 0);
+    drop(n);
+    common::finish(d);
+}
+
+/// `max_mapped_bytes` (configured to 1 MiB): MAPs past it fail with
+/// -ENOMEM, synchronous or not, a replacement is charged in full, and
+/// UNMAP and VM_DESTROY give the bytes back. Another context has its own.
+#[test]
+fn mapped_bytes_quota() {
+    let d = common::daemon(&["--max-mapped-mib", "1"]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    let (buf, slots) = n.number(&[context_info_cmd()]);
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    let info: ContextInfo = n.rsp_at(slots[0] + 16);
+    assert_eq!(info.max_mapped_bytes, 1 << 20);
+    // DATA_SIZE (64 KiB) is mapped at DATA_VA; 15 more fill the quota.
+    let va = |i: u64| 0x1000_0000 + i * DATA_SIZE;
+    let maps: Vec<Vec<u8>> = (0..15)
+        .map(|i| bind_cmd(1, 0, &[map_op(1, 0, va(i), DATA_SIZE)], &[]))
+        .collect();
+    assert_eq!(n.run(&maps), vec![0; 15]);
+    let rets = n.run(&[
+        bind_cmd(1, 0, &[map_op(1, 0, va(15), 0x1000)], &[]),
+        // Over an existing mapping: charged before its credit.
+        bind_cmd(1, 0, &[map_op(1, 0, va(0), 0x1000)], &[]),
+        bind_cmd(1, VM_BIND_ASYNC, &[map_op(1, 0, va(15), 0x1000)], &[]),
+    ]);
+    assert_eq!(rets, vec![-ENOMEM, -ENOMEM, -ENOMEM]);
+    let r: VmBindRsp = n.rsp_at(0x300);
+    assert_eq!((r.completed_ops, r.completion.result), (0, -ENOMEM));
+    // A multi-op synchronous bind stops at the op past the quota.
+    let unmap = VmBindOp {
+        flags: VM_BIND_OP_TYPE_UNMAP,
+        va: va(0),
+        size: 0x2000,
+        ..Default::default()
+    };
+    let rets = n.run(&[bind_cmd(
+        1,
+        0,
+        &[
+            unmap,
+            map_op(1, 0, va(15), 0x1000),
+            map_op(1, 0, va(15) + 0x1000, 0x1000),
+            map_op(1, 0, va(15) + 0x2000, 0x1000),
+        ],
+        &[],
+    )]);
+    assert_eq!(rets, vec![-ENOMEM]);
+    let r: VmBindRsp = n.rsp_at(0x100);
+    assert_eq!(r.completed_ops, 3);
+    // A second VM: what it maps counts, and VM_DESTROY gives it back.
+    let rets = n.run(&[
+        encode(
+            &VmCreateReq {
+                flags: 0,
+                id: 2,
+                user_va_range: 0,
+            },
+            0,
+            0,
+        ),
+        bind_cmd(
+            2,
+            0,
+            &[VmBindOp {
+                flags: VM_BIND_OP_TYPE_UNMAP,
+                va: va(1),
+                size: DATA_SIZE,
+                ..Default::default()
+            }],
+            &[],
+        ),
+        bind_cmd(1, 0, &[map_op(1, 0, va(1), 0x1000)], &[]),
+    ]);
+    assert_eq!(rets, vec![0, 0, -ENOMEM]);
+    let rets = n.run(&[
+        bind_cmd(
+            1,
+            0,
+            &[VmBindOp {
+                flags: VM_BIND_OP_TYPE_UNMAP,
+                va: va(1),
+                size: DATA_SIZE,
+                ..Default::default()
+            }],
+            &[],
+        ),
+        bind_cmd(2, 0, &[map_op(1, 0, va(1), DATA_SIZE)], &[]),
+        bind_cmd(1, 0, &[map_op(1, 0, va(1), 0x1000)], &[]),
+        encode(&VmDestroyReq { id: 2, pad: 0 }, 0, 0),
+        bind_cmd(1, VM_BIND_ASYNC, &[map_op(1, 0, va(1), DATA_SIZE)], &[]),
+    ]);
+    assert_eq!(rets, vec![0, 0, -ENOMEM, 0, 0]);
+    assert_eq!(n.wait_record(0x500 + 16), 0);
+    // The quota is the context's: another context maps freely.
+    let Native { g, .. } = n;
+    let mut other = Native::new(g, 2, true);
+    let maps: Vec<Vec<u8>> = (0..15)
+        .map(|i| bind_cmd(1, 0, &[map_op(1, 0, va(i), DATA_SIZE)], &[]))
+        .collect();
+    assert_eq!(other.run(&maps), vec![0; 15]);
+    drop(other);
+    common::finish(d);
+}
+
+/// SYNCOBJ_WAIT on a point that never signals ends with -ETIME: after the
+/// guest's `timeout_ns`, or at the latest after the configured
+/// `max_syncobj_wait_ms`; its fence completes, and a later signal is
+/// harmless.
+#[test]
+fn syncobj_wait_times_out() {
+    let d = common::daemon(&["--max-syncobj-wait-ms", "300"]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    let (buf, slots) = n.number(&[context_info_cmd(), timeline(1)]);
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    let info: ContextInfo = n.rsp_at(slots[0] + 16);
+    assert_eq!(info.max_syncobj_wait_ms, 300);
+    for (timeout_ns, min_ms) in [(0u64, 300u64), (50_000_000, 50), (u64::MAX, 300)] {
+        let errors_before = n.header().async_error_count;
+        let (buf, slots) = n.number(&[wait_cmd(1, 1, timeout_ns)]);
+        let t = Instant::now();
+        assert_eq!(n.submit(&buf, Some((1, Some(0)))), cmd::RESP_OK_NODATA);
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(min_ms),
+            "{timeout_ns}: {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "{timeout_ns}: {took:?}");
+        let w: SyncobjWaitRsp = n.rsp_at(slots[0]);
+        assert_eq!(w.hdr.ret, 0);
+        assert_eq!(
+            w.completion,
+            Completion {
+                state: COMPLETION_DONE,
+                result: -ETIME
+            }
+        );
+        let h = n.header();
+        assert_eq!(h.async_error_count, errors_before + 1);
+        assert_eq!(h.last_async_error, -ETIME);
+    }
+    // A wait that is satisfied in time is not affected, and a point
+    // signalled after a timed-out wait wakes only live waiters.
+    let (wbuf, wslots) = n.number(&[wait_cmd(1, 1, 0)]);
+    let held =
+        n.g.vmm
+            .submit(CONTROLQ, &submit_req(n.hdr(Some((2, Some(0)))), &wbuf), HDR)
+            .unwrap();
+    n.g.vmm.kick(CONTROLQ).unwrap();
+    assert_eq!(n.run(&[signal_cmd(1, 1)]), vec![0]);
+    n.g.vmm.complete(held, WAIT).unwrap();
+    assert_eq!(n.wait_record(wslots[0] + 16), 0);
+    drop(n);
+    common::finish(d);
+}
+
+/// Revocation (§10): RESOURCE_UNREF, RESOURCE_DETACH_BACKING and
+/// CTX_DETACH_RESOURCE of a resource behind a BO remove the BO's handle
+/// and mappings before they complete: the GPU faults instead of writing
+/// the released memory, a pending MAP of it fails (its VM unusable), and
+/// revoked kernel memory makes its VM unusable and kills its groups.
+#[test]
+fn revocation_of_resources_behind_bos() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    let x = n.resource(16 + 5, DATA_SIZE, false);
+    n.resource(16 + 6, DATA_SIZE, false);
+    n.resource(16 + 7, KERNEL_SIZE, false);
+    let release = gate(&mut n, 2);
+    const X_VA: u64 = 0x200_0000;
+    let bo = |res_id, handle| {
+        encode(
+            &BoCreateReq {
+                res_id,
+                flags: 0,
+                exclusive_vm_id: 0,
+                handle,
+            },
+            0,
+            0,
+        )
+    };
+    let (buf, slots) = n.number(&[
+        bo(16 + 5, 3),
+        bo(16 + 6, 4),
+        encode(
+            &VmCreateReq {
+                flags: 0,
+                id: 2,
+                user_va_range: 0,
+            },
+            0,
+            0,
+        ),
+        bind_cmd(1, 0, &[map_op(3, 0, X_VA, DATA_SIZE)], &[]),
+        bind_cmd(
+            2,
+            VM_BIND_ASYNC,
+            &[map_op(4, 0, DATA_VA, DATA_SIZE)],
+            &[vec![wait(1, 1)]],
+        ),
+        group_cmd(1, 1, 1, &[0]),
+        // VM 3 with kernel memory of its own, and a group on it.
+        encode(
+            &VmCreateReq {
+                flags: 0,
+                id: 3,
+                user_va_range: 0,
+            },
+            0,
+            0,
+        ),
+        bo(16 + 7, 5),
+        encode(
+            &VmAddKernelMemoryReq {
+                vm_id: 3,
+                bo_handle: 5,
+            },
+            0,
+            0,
+        ),
+        group_cmd(3, 3, 1, &[0]),
+    ]);
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    for &s in &slots {
+        assert_eq!(n.rsp_at::<RspHdr>(s).ret, 0);
+    }
+    let pending_bind = slots[4];
+    let store_x = |value| {
+        stream(|b| {
+            store(b, X_VA, value);
+            b.pad_to(8);
+        })
+    };
+    n.write_data(0x1000, &store_x(1));
+    n.write_data(0x1100, &store_x(2));
+    let (buf, s) = n.number(&[submit_cmd(1, &[(0, DATA_VA + 0x1000, 64, vec![])])]);
+    assert_eq!(n.submit(&buf, Some((1, Some(1)))), cmd::RESP_OK_NODATA);
+    assert_eq!(n.wait_record(s[0] + 8), 0);
+    let word_x = |n: &Native| {
+        let b = n.g.vmm.read_guest(x, 4).unwrap();
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    assert_eq!(word_x(&n), 1);
+    let ro = |type_, ctx, id| ResourceOnly {
+        hdr: ctx_hdr(type_, ctx),
+        resource_id: id,
+        padding: 0,
+    };
+    // RESOURCE_DETACH_BACKING under a pending asynchronous MAP: the MAP
+    // fails when it runs and its VM becomes unusable.
+    assert_eq!(
+        n.g.ctrl_code(&ro(cmd::RESOURCE_DETACH_BACKING, 0, 16 + 6))
+            .unwrap(),
+        cmd::RESP_OK_NODATA
+    );
+    assert_eq!(n.run(&[release]), vec![0]);
+    assert_eq!(n.wait_record(pending_bind + 16), -EINVAL);
+    let rets = n.run(&[
+        encode(&VmGetStateReq { vm_id: 2, pad: 0 }, 0, 0),
+        encode(&VmGetStateReq { vm_id: 1, pad: 0 }, 0, 0),
+    ]);
+    assert_eq!(rets, vec![0, 0]);
+    assert_eq!(n.rsp_at::<VmGetStateRsp>(0x100).state, VM_STATE_UNUSABLE);
+    assert_eq!(n.rsp_at::<VmGetStateRsp>(0x200).state, VM_STATE_USABLE);
+    // RESOURCE_UNREF: the mapping is gone when the command completes.
+    assert_eq!(
+        n.g.ctrl_code(&ro(cmd::RESOURCE_UNREF, 0, 16 + 5)).unwrap(),
+        cmd::RESP_OK_NODATA
+    );
+    let (buf, s) = n.number(&[submit_cmd(1, &[(0, DATA_VA + 0x1100, 64, vec![])])]);
+    assert_eq!(n.submit(&buf, Some((2, Some(1)))), cmd::RESP_OK_NODATA);
+    assert_eq!(n.wait_record(s[0] + 8), -EINVAL, "the store faults");
+    assert_eq!(word_x(&n), 1, "released memory untouched");
+    let rets = n.run(&[
+        encode(&GroupGetStateReq { handle: 1, pad: 0 }, 0, 0),
+        encode(&BoDestroyReq { handle: 3, pad: 0 }, 0, 0),
+        bind_cmd(1, 0, &[map_op(3, 0, X_VA, DATA_SIZE)], &[]),
+    ]);
+    assert_eq!(rets, vec![0, -EINVAL, -EINVAL], "the handle is gone");
+    let st: GroupGetStateRsp = n.rsp_at(0x100);
+    assert_eq!(st.state & GROUP_STATE_FATAL_FAULT, GROUP_STATE_FATAL_FAULT);
+    assert_eq!(st.fault_va, X_VA);
+    let rets = n.run(&[encode(&GroupGetStateReq { handle: 3, pad: 0 }, 0, 0)]);
+    assert_eq!(rets, vec![0]);
+    assert_eq!(n.rsp_at::<GroupGetStateRsp>(0x100).state, 0);
+    // CTX_DETACH_RESOURCE of VM 3's kernel memory: VM 3 becomes unusable
+    // and its group is killed.
+    assert_eq!(
+        n.g.ctrl_code(&ro(cmd::CTX_DETACH_RESOURCE, 1, 16 + 7))
+            .unwrap(),
+        cmd::RESP_OK_NODATA
+    );
+    let rets = n.run(&[
+        encode(&VmGetStateReq { vm_id: 3, pad: 0 }, 0, 0),
+        encode(&GroupGetStateReq { handle: 3, pad: 0 }, 0, 0),
+        encode(&BoDestroyReq { handle: 5, pad: 0 }, 0, 0),
+    ]);
+    assert_eq!(rets, vec![0, 0, -EINVAL]);
+    assert_eq!(n.rsp_at::<VmGetStateRsp>(0x100).state, VM_STATE_UNUSABLE);
+    let st: GroupGetStateRsp = n.rsp_at(0x200);
+    assert_eq!(st.state & GROUP_STATE_FATAL_FAULT, GROUP_STATE_FATAL_FAULT);
+    drop(n);
+    common::finish(d);
+}
+
+/// Kernel memory is per VM: a VM's groups come from the BOs given to it,
+/// never from another VM's, and `pool_free` is the VM's own.
+#[test]
+fn kernel_memory_is_per_vm() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    n.resource(16 + 5, 64 << 10, false);
+    let (buf, slots) = n.number(&[
+        encode(
+            &VmCreateReq {
+                flags: 0,
+                id: 2,
+                user_va_range: 0,
+            },
+            0,
+            0,
+        ),
+        // VM 1 has 256 KiB of kernel memory, VM 2 none yet.
+        group_cmd(2, 1, 1, &[0]),
+        group_cmd(1, 2, 1, &[0]),
+        encode(
+            &BoCreateReq {
+                res_id: 16 + 5,
+                flags: 0,
+                exclusive_vm_id: 0,
+                handle: 3,
+            },
+            0,
+            0,
+        ),
+        encode(
+            &VmAddKernelMemoryReq {
+                vm_id: 2,
+                bo_handle: 3,
+            },
+            0,
+            0,
+        ),
+        group_cmd(2, 1, 1, &[0]),
+        // 64 KiB: a group takes 4 KiB plus 4 KiB per queue, so after
+        // 8 + 32 KiB, 24 KiB are left: six queues do not fit, five do.
+        group_cmd(2, 0, 1, &[0; 7]),
+        group_cmd(2, 0, 1, &[0; 6]),
+        group_cmd(2, 0, 1, &[0; 5]),
+    ]);
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    let rets: Vec<i32> = slots.iter().map(|&o| n.rsp_at::<RspHdr>(o).ret).collect();
+    assert_eq!(rets, vec![0, -ENOSPC, 0, 0, 0, 0, 0, -ENOSPC, 0]);
+    let k: VmAddKernelMemoryRsp = n.rsp_at(slots[4]);
+    assert_eq!((k.pool_size, k.pool_free), (64 << 10, 64 << 10));
+    // VM 1 still has its own memory.
+    assert_eq!(n.run(&[group_cmd(1, 0, 1, &[0; 8])]), vec![0]);
+    drop(n);
     common::finish(d);
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::events::{on_event, Shared, Work, WorkKind, INDEX_BITS};
+use super::events::{on_event, Completions, Shared, Work, WorkKind, INDEX_BITS};
 use super::fences::{FenceSink, WorkTracker};
 use super::framing::parse_commands;
 use super::kmem::SharedPool;
@@ -26,7 +26,7 @@ use crate::gpu::engine::{
     BindMode, BindRequest, Engine, EngineConfig, EngineError, QueueSubmit, SyncOp,
 };
 use crate::gpu::firmware::{FwConfig, GroupCreate, HeapCreate, JobSubmit, QueueCreate};
-use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, VmState, PAGE_SIZE};
+use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, VmKey, VmState, PAGE_SIZE};
 use crate::gpu::model::GpuModel;
 use crate::gpu::sync::{FenceStatus, SyncHandle, SyncKind, SyncState, WaitFlags};
 use crate::log_limit::LogLimiter;
@@ -48,6 +48,10 @@ pub struct NativeConfig {
     pub job_timeout_ms: u32,
     /// Whether HIGH and REALTIME group priorities are allowed.
     pub privileged: bool,
+    /// Bytes of user mappings across the VMs of a context.
+    pub max_mapped_bytes: u64,
+    /// Longest SYNCOBJ_WAIT in milliseconds.
+    pub max_syncobj_wait_ms: u32,
 }
 
 impl Default for NativeConfig {
@@ -56,6 +60,8 @@ impl Default for NativeConfig {
             model: GpuModel::g610(),
             job_timeout_ms: u::JOB_TIMEOUT_MS,
             privileged: false,
+            max_mapped_bytes: u::MAX_MAPPED_BYTES,
+            max_syncobj_wait_ms: u::MAX_SYNCOBJ_WAIT_MS,
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct SubmitEnv<'a> {
 #[derive(Debug)]
 struct VmEntry {
     engine: u32,
+    /// The engine's identity of the VM, its kernel-memory pool's key.
+    key: VmKey,
     bind_ring: u32,
     kernel_start: u64,
     kernel_next: u64,
@@ -138,6 +146,8 @@ pub struct NativeContext {
     cfg: NativeConfig,
     commands_seen: u64,
     rsp: Option<Arc<RspMem>>,
+    /// The resource behind `rsp`.
+    rsp_res_id: Option<u32>,
     num_rings: u32,
     rings_used: u64,
     engine: Option<Engine>,
@@ -152,6 +162,8 @@ pub struct NativeContext {
     started: Instant,
     limiter: LogLimiter,
     to_arm: Vec<u64>,
+    /// Work was posted to the engine without ringing its doorbell.
+    ring_due: bool,
 }
 
 impl std::fmt::Debug for NativeContext {
@@ -183,6 +195,7 @@ impl NativeContext {
             cfg,
             commands_seen: 0,
             rsp: None,
+            rsp_res_id: None,
             num_rings: 0,
             rings_used: 0,
             engine: None,
@@ -197,12 +210,26 @@ impl NativeContext {
             started: Instant::now(),
             limiter: LogLimiter::default(),
             to_arm: Vec::new(),
+            ring_due: false,
         }
     }
 
     /// Number of commands executed so far.
     pub fn commands_seen(&self) -> u64 {
         self.commands_seen
+    }
+
+    /// Rings the engine's doorbell if work was posted to it without a ring
+    /// (fenced GROUP_SUBMITs). The transport calls it once its fences are
+    /// queued, after a batch of requests, so that the engine takes the
+    /// whole batch in one pass.
+    pub fn ring_engine(&mut self) {
+        if std::mem::take(&mut self.ring_due) {
+            if let Some(e) = &self.engine {
+                // A thread that is gone has completed everything already.
+                let _ = e.ring();
+            }
+        }
     }
 
     /// Whether the context's engine thread runs.
@@ -218,12 +245,53 @@ impl NativeContext {
         }
     }
 
-    /// Forgets every BO built over resource `res_id` (the resource or its
-    /// backing went away). Mappings keep the pages until unmapped; guest
-    /// memory accesses stay bounds-checked.
+    /// Revokes every BO built over resource `res_id`, whose memory the
+    /// guest took back (RESOURCE_UNREF, RESOURCE_DETACH_BACKING or
+    /// CTX_DETACH_RESOURCE; §10 of `docs/protocol.md`): the handle goes,
+    /// every mapping of the BO leaves every VM, and a BO that was kernel
+    /// memory leaves the pool, the VMs with kernel objects in it becoming
+    /// unusable with their groups killed. When this returns, the device no
+    /// longer touches the memory. If it was the response memory, the
+    /// context has none until the next INIT, and pending completion
+    /// records are dropped.
     pub fn resource_gone(&mut self, res_id: u32) {
-        self.bos
-            .retain(|_, b| b.res_id != res_id || b.kernel_of.is_some());
+        let gone: Vec<u32> = self
+            .bos
+            .iter()
+            .filter(|(_, b)| b.res_id == res_id)
+            .map(|(&h, _)| h)
+            .collect();
+        for h in gone {
+            let Some(b) = self.bos.remove(&h) else {
+                continue;
+            };
+            let kernel = if b.kernel_of.is_some() {
+                self.pool.lock().revoke(&b.ranges);
+                b.ranges.clone()
+            } else {
+                Vec::new()
+            };
+            match &self.engine {
+                Some(e) => {
+                    if let Err(err) = e.revoke_bo(b.bo.clone(), kernel) {
+                        log::warn!("revoking BO {h}: {err}");
+                        b.bo.revoke();
+                    }
+                }
+                // Without an engine nothing was ever mapped.
+                None => b.bo.revoke(),
+            }
+        }
+        if self.rsp_res_id == Some(res_id) {
+            if let Some(rsp) = self.rsp.take() {
+                for w in self.shared.lock().works.values_mut() {
+                    if w.rsp.as_ref().is_some_and(|r| Arc::ptr_eq(r, &rsp)) {
+                        w.rsp = None;
+                    }
+                }
+            }
+            self.rsp_res_id = None;
+        }
     }
 
     /// Validates and executes a SUBMIT_3D buffer. Nothing runs unless the
@@ -329,7 +397,7 @@ impl NativeContext {
         env: &SubmitEnv<'_>,
         mem: &M,
     ) -> bool {
-        let res = (|| -> Res<(RspMem, u32)> {
+        let res = (|| -> Res<(RspMem, u32, u32)> {
             let v = parse::<u::InitReq>(c.body)?;
             let r = *v.request();
             let res = env.resources.get(r.rsp_res_id).map_err(|_| ENOENT)?;
@@ -372,10 +440,10 @@ impl NativeContext {
                 .iter()
                 .map(|(a, l)| GuestRange::new(a.0, u64::from(*l)))
                 .collect();
-            Ok((RspMem::new(ranges, r.rsp_size), rings))
+            Ok((RspMem::new(ranges, r.rsp_size), rings, r.rsp_res_id))
         })();
         match res {
-            Ok((rsp, rings)) => {
+            Ok((rsp, rings, res_id)) => {
                 let rsp = Arc::new(rsp);
                 rsp.init_header(mem, c.seqno);
                 self.num_rings = rings;
@@ -389,6 +457,7 @@ impl NativeContext {
                 }
                 rsp.command_done(mem, c.seqno, 0);
                 self.rsp = Some(rsp);
+                self.rsp_res_id = Some(res_id);
                 true
             }
             Err(e) => {
@@ -426,16 +495,20 @@ impl NativeContext {
             let config = EngineConfig {
                 firmware: FwConfig {
                     job_timeout_ns: u64::from(self.cfg.job_timeout_ms.max(1)) * 1_000_000,
+                    max_mapped_bytes: self.cfg.max_mapped_bytes,
                     ..FwConfig::default()
                 },
                 ..EngineConfig::default()
             };
-            let engine = Engine::spawn(
+            let batch = Arc::new(Completions::default());
+            let flush = batch.clone();
+            let engine = Engine::spawn_with_pass_end(
                 env.mem.clone(),
                 self.pool.clone(),
                 self.cfg.model,
                 config,
-                Box::new(move |ev| on_event(&shared, &mem, ev)),
+                Box::new(move |ev| on_event(&shared, &mem, &batch, ev)),
+                Box::new(move || flush.flush()),
             )
             .map_err(|e| {
                 log::warn!("cannot start the GPU engine: {e}");
@@ -503,6 +576,7 @@ impl NativeContext {
                 armed: false,
                 finished: false,
                 last_index: 0,
+                rejected: false,
             },
         );
         self.to_arm.push(id);
@@ -611,6 +685,8 @@ impl NativeContext {
             _ => {
                 let mut info = u::ContextInfo::defaults(self.ctx_flags(env), self.num_rings);
                 info.job_timeout_ms = self.cfg.job_timeout_ms;
+                info.max_syncobj_wait_ms = self.cfg.max_syncobj_wait_ms;
+                info.max_mapped_bytes = self.cfg.max_mapped_bytes;
                 bytes(&info)
             }
         };
@@ -646,10 +722,17 @@ impl NativeContext {
         }
         let id = pick_id(&self.vms, r.id, u::MAX_VMS, EBUSY)?;
         let ring = self.take_ring(env)?;
-        let created = self
-            .engine(env)
-            .and_then(|e| e.vm_create(r.user_va_range).map_err(eng));
-        let (handle, user) = match created {
+        let created = self.engine(env).and_then(|e| {
+            let (handle, user) = e.vm_create(r.user_va_range).map_err(eng)?;
+            match e.vm_key(handle) {
+                Ok(key) => Ok((handle, user, key)),
+                Err(err) => {
+                    let _ = e.vm_destroy(handle);
+                    Err(eng(err))
+                }
+            }
+        });
+        let (handle, user, key) = match created {
             Ok(v) => v,
             Err(e) => {
                 self.free_ring(ring);
@@ -660,6 +743,7 @@ impl NativeContext {
             id,
             VmEntry {
                 engine: handle,
+                key,
                 bind_ring: ring,
                 kernel_start: user,
                 kernel_next: 0,
@@ -740,9 +824,10 @@ impl NativeContext {
         vm.pool_size += size;
         let kernel_va = vm.kernel_start + off;
         let pool_size = vm.pool_size;
+        let key = vm.key;
         let mut pool = self.pool.lock();
-        pool.add(ranges, size);
-        let pool_free = pool.free_bytes().min(pool_size);
+        pool.add(key, ranges, size);
+        let pool_free = pool.free_bytes_of(key).min(pool_size);
         drop(pool);
         if let Some(b) = self.bos.get_mut(&r.bo_handle) {
             b.kernel_of = Some(r.vm_id);
@@ -1169,9 +1254,18 @@ impl NativeContext {
             }
             jobs.push(job);
         }
-        let Some(group) = self.groups.get(&r.group_handle).map(|g| g.engine) else {
+        let Some((group, queues)) = self
+            .groups
+            .get(&r.group_handle)
+            .map(|g| (g.engine, g.rings.len()))
+        else {
             return done(-EINVAL);
         };
+        // Checked here too (the engine checks it again), so that the usual
+        // mistake never depends on the engine's answer.
+        if subs.iter().any(|s| s.queue_index as usize >= queues) {
+            return done(-EINVAL);
+        }
         if subs.is_empty() {
             return done(0);
         }
@@ -1202,7 +1296,17 @@ impl NativeContext {
             self.shared.cancel(id);
             return done(-EIO);
         };
-        match e.group_submit(group, queue_submits) {
+        // A fenced SUBMIT_3D is held until its jobs complete, so the
+        // worker need not wait for the engine's checks: a refusal rewrites
+        // the response before the fence can complete (docs/protocol.md
+        // §4.5). Unfenced ones keep the answer-before-seqno order.
+        let queued = if tracker.is_some() {
+            self.ring_due = true;
+            e.group_submit_posted(group, queue_submits)
+        } else {
+            e.group_submit(group, queue_submits)
+        };
+        match queued {
             Ok(()) => {
                 let v = u::GroupSubmitRsp {
                     hdr: u::RspHdr::for_response::<u::GroupSubmitRsp>(0),
@@ -1427,6 +1531,14 @@ impl NativeContext {
         let flags = WaitFlags {
             wait_for_submit: r.flags & u::SYNCOBJ_WAIT_FOR_SUBMIT != 0,
         };
+        // The device cap bounds every wait; a shorter timeout of the
+        // guest's wins.
+        let cap_ns = u64::from(self.cfg.max_syncobj_wait_ms.max(1)) * 1_000_000;
+        let timeout_ns = if r.timeout_ns == 0 {
+            cap_ns
+        } else {
+            r.timeout_ns.min(cap_ns)
+        };
         let remaining = if all { resolved.len() } else { 1 };
         let id = self.new_work(
             WorkKind::Wait { any: !all },
@@ -1441,7 +1553,8 @@ impl NativeContext {
             return done(-EIO);
         };
         for (i, (h, point)) in resolved.iter().enumerate() {
-            if let Err(err) = e.sync_wait(*h, *point, flags, (id << INDEX_BITS) | i as u64) {
+            let user_data = (id << INDEX_BITS) | i as u64;
+            if let Err(err) = e.sync_wait_timeout(*h, *point, flags, user_data, timeout_ns) {
                 self.shared.cancel(id);
                 return done(-eng(err));
             }

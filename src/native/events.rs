@@ -12,13 +12,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::fences::WorkTracker;
 use super::rspmem::RspMem;
-use crate::gpu::engine::EngineEvent;
+
+use crate::gpu::engine::{EngineError, EngineEvent};
 use crate::gpu::firmware::FwEvent;
 use crate::gpu::sync::FenceResult;
+use crate::uapi::native::{GroupSubmitRsp, RspHdr};
 
 /// Bits of a `user_data` that index an element of one command's work.
 pub const INDEX_BITS: u32 = 16;
@@ -65,6 +67,9 @@ pub struct Work {
     pub finished: bool,
     /// Index of the element whose event came last.
     pub last_index: u32,
+    /// The engine refused the command after its response was written
+    /// (a GROUP_SUBMIT posted without waiting): `result` is its `ret`.
+    pub rejected: bool,
 }
 
 /// The first fatal fault of a group.
@@ -116,7 +121,7 @@ impl Shared {
             }
         };
         if let Some(w) = w {
-            finalize(w, mem);
+            finalize(w, mem, None);
         }
     }
 
@@ -152,8 +157,65 @@ fn errno_of(result: FenceResult) -> i32 {
     }
 }
 
-/// Handles one engine event (on the engine thread).
-pub fn on_event(shared: &Shared, mem: &GuestMemoryAtomic<GuestMemoryMmap>, ev: EngineEvent) {
+/// Fences whose last work ended during the engine thread's current
+/// service pass; [`Completions::flush`] completes them together at the end
+/// of the pass, so the device returns their chains with one notification.
+#[derive(Default)]
+pub struct Completions(Mutex<Vec<Arc<WorkTracker>>>);
+
+impl std::fmt::Debug for Completions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completions").finish_non_exhaustive()
+    }
+}
+
+impl Completions {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<WorkTracker>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Completes every fence collected: one sink call per run of trackers
+    /// sharing a sink (in practice one call).
+    pub fn flush(&self) {
+        let mut done = self.lock();
+        if done.is_empty() {
+            return;
+        }
+        let mut fences = Vec::with_capacity(done.len());
+        let mut i = 0;
+        while i < done.len() {
+            let sink = done[i].sink().clone();
+            let same =
+                |t: &Arc<WorkTracker>| std::ptr::addr_eq(Arc::as_ptr(t.sink()), Arc::as_ptr(&sink));
+            fences.clear();
+            while i < done.len() && same(&done[i]) {
+                fences.push(done[i].fence());
+                i += 1;
+            }
+            sink.complete_many(&fences);
+        }
+        done.clear();
+    }
+}
+
+/// The errno a guest sees for an engine refusal.
+pub fn engine_errno(e: EngineError) -> i32 {
+    match e.errno() {
+        x if x == libc::EAGAIN => libc::EBUSY,
+        x if x == libc::ENODEV => libc::EIO,
+        x => x,
+    }
+}
+
+/// Handles one engine event (on the engine thread). Fences it completes
+/// are collected in `batch`, for the caller to flush at the end of the
+/// engine's pass.
+pub fn on_event(
+    shared: &Shared,
+    mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    batch: &Completions,
+    ev: EngineEvent,
+) {
     let (user_data, result) = match ev {
         EngineEvent::JobDone {
             user_data, result, ..
@@ -162,6 +224,35 @@ pub fn on_event(shared: &Shared, mem: &GuestMemoryAtomic<GuestMemoryMmap>, ev: E
             user_data, result, ..
         }
         | EngineEvent::SyncWaitDone { user_data, result } => (user_data, result),
+        EngineEvent::SubmitRejected {
+            user_data, error, ..
+        } => {
+            let id = user_data >> INDEX_BITS;
+            let w = {
+                let mut st = shared.lock();
+                let Some(w) = st.works.get_mut(&id) else {
+                    return;
+                };
+                let never_queued = std::mem::take(&mut w.remaining);
+                w.result = -engine_errno(error);
+                w.rejected = true;
+                let armed = w.armed;
+                if !armed {
+                    // The worker rewrites the response after its own.
+                    w.finished = true;
+                }
+                st.jobs_in_flight = st.jobs_in_flight.saturating_sub(never_queued);
+                if armed {
+                    st.works.remove(&id)
+                } else {
+                    None
+                }
+            };
+            if let Some(w) = w {
+                finalize(w, &*mem.memory(), Some(batch));
+            }
+            return;
+        }
         EngineEvent::Firmware(fw) => {
             let (group, fault) = match fw {
                 FwEvent::CsFatal { group, fault, .. } => (
@@ -230,12 +321,28 @@ pub fn on_event(shared: &Shared, mem: &GuestMemoryAtomic<GuestMemoryMmap>, ev: E
         return;
     };
     let guard = mem.memory();
-    finalize(w, &*guard);
+    finalize(w, &*guard, Some(batch));
 }
 
-/// Writes the results of finished work, then drops its fence count.
-fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(w: Work, m: &M) {
-    if let Some(rsp) = &w.rsp {
+/// Writes the results of finished work, then drops its fence count: at
+/// once, or into `batch` on the engine thread.
+fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(
+    w: Work,
+    m: &M,
+    batch: Option<&Completions>,
+) {
+    if w.rejected {
+        // The command failed after all: its response, record and error
+        // fields become what a synchronous refusal writes.
+        if let Some(rsp) = &w.rsp {
+            if let Some(off) = w.record {
+                let hdr = RspHdr::for_response::<GroupSubmitRsp>(w.result);
+                rsp.write(m, off.saturating_sub(8), hdr.as_slice());
+                rsp.complete_record(m, off, w.result);
+            }
+            rsp.command_failed(m, w.seqno, w.result);
+        }
+    } else if let Some(rsp) = &w.rsp {
         if let Some(fs) = w.first_signaled {
             rsp.write(m, fs, &w.last_index.to_le_bytes());
         }
@@ -247,6 +354,13 @@ fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(w: Work, m: &M) {
         }
     }
     if let Some(t) = w.tracker {
-        t.done();
+        match batch {
+            Some(b) => {
+                if t.release() {
+                    b.lock().push(t);
+                }
+            }
+            None => t.done(),
+        }
     }
 }

@@ -20,6 +20,14 @@ use crate::virtio_gpu::fence::Timeline;
 pub trait FenceSink: Send + Sync {
     /// The work of the fenced command `fence_id` on `timeline` is done.
     fn complete(&self, timeline: Timeline, fence_id: u64);
+
+    /// Several fences are done at once: the sink may return their chains
+    /// together, with one used-ring notification.
+    fn complete_many(&self, fences: &[(Timeline, u64)]) {
+        for &(t, id) in fences {
+            self.complete(t, id);
+        }
+    }
 }
 
 /// The outstanding work of one fenced SUBMIT_3D.
@@ -68,14 +76,28 @@ impl WorkTracker {
     /// One piece of work completed (or the transport dropped its hold).
     /// The last one completes the fence.
     pub fn done(&self) {
-        let last = {
-            let mut n = self.count();
-            *n = n.saturating_sub(1);
-            *n == 0
-        };
-        if last {
+        if self.release() {
             self.sink.complete(self.timeline, self.fence_id);
         }
+    }
+
+    /// Drops one count without completing the fence; returns whether it
+    /// was the last, in which case the caller must complete the fence
+    /// (through [`WorkTracker::sink`], or the transport itself).
+    pub fn release(&self) -> bool {
+        let mut n = self.count();
+        *n = n.saturating_sub(1);
+        *n == 0
+    }
+
+    /// The fence this tracker completes.
+    pub fn fence(&self) -> (Timeline, u64) {
+        (self.timeline, self.fence_id)
+    }
+
+    /// Where its fence goes.
+    pub fn sink(&self) -> &Arc<dyn FenceSink> {
+        &self.sink
     }
 
     /// The transport queued the fence: drops its hold.

@@ -3,8 +3,10 @@
 //! sequence objects and tiler heaps (§6 of `docs/protocol.md`).
 //!
 //! The pool is shared between the context (which adds BOs) and its engine
-//! thread (which allocates), behind a mutex. Allocation is first-fit at
-//! 4 KiB granularity inside one BO; an object never spans two BOs.
+//! thread (which allocates), behind a mutex. Each BO belongs to the VM it
+//! was given to, and an object of a VM comes from that VM's BOs only.
+//! Allocation is first-fit at 4 KiB granularity inside one BO; an object
+//! never spans two BOs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -12,11 +14,16 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryBackend;
 
 use crate::gpu::firmware::{KernelMemory, KernelMemoryError};
-use crate::gpu::mmu::{Bo, BoLimits, GuestRange, PAGE_SIZE};
+use crate::gpu::mmu::{Bo, BoLimits, GuestRange, VmKey, PAGE_SIZE};
 
 #[derive(Debug)]
 struct PoolBo {
+    /// The VM it was given to.
+    vm: VmKey,
     ranges: Vec<GuestRange>,
+    size: u64,
+    /// Revoked: nothing more is allocated from it or given back to it.
+    dead: bool,
     /// Free extents: BO offset → length.
     free: BTreeMap<u64, u64>,
 }
@@ -32,10 +39,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Adds a BO's pages (4 KiB aligned ranges) to the pool.
-    pub fn add(&mut self, ranges: Vec<GuestRange>, size: u64) {
+    /// Adds a BO's pages (4 KiB aligned ranges) to the pool of `vm`.
+    pub fn add(&mut self, vm: VmKey, ranges: Vec<GuestRange>, size: u64) {
         self.bos.push(PoolBo {
+            vm,
             ranges,
+            size,
+            dead: false,
             free: BTreeMap::from([(0, size)]),
         });
         self.size = self.size.saturating_add(size);
@@ -44,6 +54,37 @@ impl Pool {
     /// Bytes in the pool.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Bytes of `vm`'s BOs not allocated.
+    pub fn free_bytes_of(&self, vm: VmKey) -> u64 {
+        self.bos
+            .iter()
+            .filter(|b| b.vm == vm && !b.dead)
+            .flat_map(|b| b.free.values())
+            .fold(0u64, |a, &l| a.saturating_add(l))
+    }
+
+    /// The guest took back the BO over `ranges`: nothing is allocated from
+    /// it any more, and its bytes leave the pool (objects still living in
+    /// it are freed into nothing). Returns whether such a BO was found.
+    pub fn revoke(&mut self, ranges: &[GuestRange]) -> bool {
+        let Some(i) = self.bos.iter().position(|b| !b.dead && b.ranges == ranges) else {
+            return false;
+        };
+        let b = &mut self.bos[i];
+        b.dead = true;
+        b.free.clear();
+        let size = b.size;
+        let live: u64 = self
+            .live
+            .values()
+            .filter(|&&(idx, _, _)| idx == i)
+            .map(|&(_, _, s)| s)
+            .sum();
+        self.used = self.used.saturating_sub(live);
+        self.size = self.size.saturating_sub(size);
+        true
     }
 
     /// Bytes not allocated.
@@ -81,7 +122,7 @@ impl SharedPool {
 }
 
 impl KernelMemory for SharedPool {
-    fn alloc<M>(&mut self, mem: &M, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
+    fn alloc<M>(&mut self, mem: &M, vm: VmKey, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
     where
         M: GuestMemoryBackend + ?Sized,
     {
@@ -90,6 +131,9 @@ impl KernelMemory for SharedPool {
         }
         let mut pool = self.lock();
         let found = pool.bos.iter().enumerate().find_map(|(i, b)| {
+            if b.vm != vm || b.dead {
+                return None;
+            }
             b.free
                 .iter()
                 .find(|(_, &l)| l >= size)
@@ -117,6 +161,9 @@ impl KernelMemory for SharedPool {
         let Some((index, mut off, mut len)) = pool.live.remove(&first) else {
             return;
         };
+        if pool.bos.get(index).is_none_or(|b| b.dead) {
+            return;
+        }
         pool.used = pool.used.saturating_sub(len);
         let Some(b) = pool.bos.get_mut(index) else {
             return;
@@ -144,16 +191,18 @@ mod tests {
     fn allocates_inside_given_bos_and_frees() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let mut pool = SharedPool::default();
-        assert!(pool.alloc(&mem, 4096).is_err(), "empty pool");
+        let vm = VmKey::new_unique();
+        assert!(pool.alloc(&mem, vm, 4096).is_err(), "empty pool");
         // One BO of two discontiguous 8 KiB pieces.
         pool.lock().add(
+            vm,
             vec![
                 GuestRange::new(0x1_0000, 0x2000),
                 GuestRange::new(0x8_0000, 0x2000),
             ],
             0x4000,
         );
-        let a = pool.alloc(&mem, 0x3000).unwrap();
+        let a = pool.alloc(&mem, vm, 0x3000).unwrap();
         assert_eq!(
             a.ranges(),
             &[
@@ -161,13 +210,68 @@ mod tests {
                 GuestRange::new(0x8_0000, 0x1000)
             ]
         );
-        assert!(pool.alloc(&mem, 0x2000).is_err(), "no room left");
-        let b = pool.alloc(&mem, 0x1000).unwrap();
+        assert!(pool.alloc(&mem, vm, 0x2000).is_err(), "no room left");
+        let b = pool.alloc(&mem, vm, 0x1000).unwrap();
         assert_eq!(b.ranges(), &[GuestRange::new(0x8_1000, 0x1000)]);
         assert_eq!(pool.lock().free_bytes(), 0);
         pool.free(a);
         pool.free(b);
         assert_eq!(pool.lock().free_bytes(), 0x4000);
-        assert_eq!(pool.alloc(&mem, 0x4000).unwrap().size(), 0x4000);
+        assert_eq!(pool.alloc(&mem, vm, 0x4000).unwrap().size(), 0x4000);
+    }
+
+    #[test]
+    fn revoked_bo_leaves_the_pool() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut pool = SharedPool::default();
+        let vm = VmKey::new_unique();
+        let r1 = vec![GuestRange::new(0x1_0000, 0x2000)];
+        let r2 = vec![GuestRange::new(0x4_0000, 0x2000)];
+        pool.lock().add(vm, r1.clone(), 0x2000);
+        pool.lock().add(vm, r2.clone(), 0x2000);
+        let a = pool.alloc(&mem, vm, 0x1000).unwrap();
+        assert_eq!(a.ranges(), &[GuestRange::new(0x1_0000, 0x1000)]);
+        assert!(pool.lock().revoke(&r1));
+        assert!(!pool.lock().revoke(&r1), "once");
+        let (size, free) = {
+            let p = pool.lock();
+            (p.size(), p.free_bytes())
+        };
+        assert_eq!((size, free), (0x2000, 0x2000));
+        // Freeing an object of the revoked BO gives nothing back to it.
+        pool.free(a);
+        assert_eq!(pool.lock().free_bytes(), 0x2000);
+        let b = pool.alloc(&mem, vm, 0x2000).unwrap();
+        assert_eq!(b.ranges(), &r2[..]);
+        assert!(
+            pool.alloc(&mem, vm, 0x1000).is_err(),
+            "nothing from the revoked BO"
+        );
+    }
+
+    #[test]
+    fn objects_of_a_vm_come_from_its_bos() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut pool = SharedPool::default();
+        let (a, b) = (VmKey::new_unique(), VmKey::new_unique());
+        pool.lock()
+            .add(a, vec![GuestRange::new(0x1_0000, 0x2000)], 0x2000);
+        pool.lock()
+            .add(b, vec![GuestRange::new(0x4_0000, 0x1000)], 0x1000);
+        assert!(pool.alloc(&mem, b, 0x2000).is_err(), "not from A's memory");
+        let x = pool.alloc(&mem, b, 0x1000).unwrap();
+        assert_eq!(x.ranges(), &[GuestRange::new(0x4_0000, 0x1000)]);
+        assert!(pool.alloc(&mem, b, 0x1000).is_err(), "B is full");
+        assert_eq!(pool.lock().free_bytes_of(a), 0x2000);
+        let y = pool.alloc(&mem, a, 0x1000).unwrap();
+        assert_eq!(y.ranges(), &[GuestRange::new(0x1_0000, 0x1000)]);
+        assert_eq!(pool.lock().free_bytes_of(a), 0x1000);
+        assert_eq!(pool.lock().free_bytes_of(b), 0);
+        pool.free(x);
+        assert_eq!(pool.lock().free_bytes_of(b), 0x1000);
+        assert!(
+            pool.alloc(&mem, VmKey::new_unique(), 0x1000).is_err(),
+            "a VM without memory"
+        );
     }
 }

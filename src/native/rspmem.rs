@@ -100,16 +100,22 @@ impl RspMem {
     /// Records a processed command: its error (if any), then the seqno.
     pub fn command_done<M: GuestMemoryBackend + ?Sized>(&self, mem: &M, seqno: u32, ret: i32) {
         if ret != 0 {
-            let n = self
-                .error_count
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_add(1);
-            self.write_u32(mem, OFF_ERROR_COUNT, n);
-            self.write_u32(mem, OFF_LAST_ERROR_SEQNO, seqno);
-            self.write_u32(mem, OFF_LAST_ERROR, ret as u32);
+            self.command_failed(mem, seqno, ret);
         }
         std::sync::atomic::fence(Ordering::Release);
         self.write_u32(mem, OFF_SEQNO, seqno);
+    }
+
+    /// Records that command `seqno` failed with `ret` (the error fields
+    /// only, not `seqno`).
+    pub fn command_failed<M: GuestMemoryBackend + ?Sized>(&self, mem: &M, seqno: u32, ret: i32) {
+        let n = self
+            .error_count
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
+        self.write_u32(mem, OFF_ERROR_COUNT, n);
+        self.write_u32(mem, OFF_LAST_ERROR_SEQNO, seqno);
+        self.write_u32(mem, OFF_LAST_ERROR, ret as u32);
     }
 
     /// Records asynchronous work of command `seqno` that failed with `ret`.

@@ -362,8 +362,18 @@ impl GpuState {
         counts
     }
 
+    /// Rings the GPU engines that were handed fenced work without a ring
+    /// (see `NativeContext::ring_engine`). The transport calls it after a
+    /// batch of requests, once their fences are queued.
+    pub fn ring_engines(&mut self) {
+        for ctx in self.contexts.values_mut() {
+            ctx.native.ring_engine();
+        }
+    }
+
     /// Handles one request read from `reader`, writing the response to
     /// `writer` (if any). `cursor_queue` selects the cursor command set.
+    /// Fenced GPU work it queues may wait for [`GpuState::ring_engines`].
     pub fn handle(
         &mut self,
         mem: &Arc<GuestMemoryMmap>,
@@ -809,6 +819,12 @@ impl GpuState {
                 "resource {} has no backing",
                 req.resource_id
             )));
+        }
+        // BOs over the backing are revoked before the guest hears back.
+        for ctx in res.contexts.iter() {
+            if let Some(c) = self.contexts.get_mut(ctx) {
+                c.native.resource_gone(req.resource_id);
+            }
         }
         if is_2d(&res.kind) {
             display::detach_backing_2d(req.resource_id);
@@ -1298,6 +1314,7 @@ impl GpuState {
         } else {
             ctx.resources.remove(&req.resource_id);
             res.contexts.remove(&ctx_id);
+            ctx.native.resource_gone(req.resource_id);
         }
         Ok(Resp::NoData)
     }

@@ -3,11 +3,12 @@
 //! errors they report synchronously.
 
 use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 
 use thiserror::Error;
 
 use crate::gpu::firmware::{FwError, GroupCreate, GroupStatus, HeapCreate, HeapInfo, JobSubmit};
-use crate::gpu::mmu::{BindError, BindOp, VmBindError, VmState};
+use crate::gpu::mmu::{BindError, BindOp, Bo, GuestRange, VmBindError, VmKey, VmState};
 use crate::gpu::sync::{SyncError, SyncHandle, SyncKind, SyncState, WaitFlags};
 
 /// `drm_panthor_sync_op.flags` bit 31: SIGNAL (clear: WAIT).
@@ -163,6 +164,10 @@ pub(crate) enum Command {
         vm: u32,
         reply: Reply<VmState>,
     },
+    VmKey {
+        vm: u32,
+        reply: Reply<VmKey>,
+    },
     VmBind {
         vm: u32,
         ops: Vec<BindRequest>,
@@ -185,6 +190,12 @@ pub(crate) enum Command {
         group: u32,
         jobs: Vec<QueueSubmit>,
         reply: Reply<()>,
+    },
+    /// GROUP_SUBMIT without an answer: a refusal comes out as
+    /// [`EngineEvent::SubmitRejected`](super::EngineEvent::SubmitRejected).
+    GroupSubmitPosted {
+        group: u32,
+        jobs: Vec<QueueSubmit>,
     },
     HeapCreate {
         args: HeapCreate,
@@ -221,9 +232,15 @@ pub(crate) enum Command {
         point: u64,
         flags: WaitFlags,
         user_data: u64,
+        timeout_ns: Option<u64>,
         reply: Reply<()>,
     },
     MemoryChanged {
+        reply: Reply<()>,
+    },
+    RevokeBo {
+        bo: Arc<Bo>,
+        kernel: Vec<GuestRange>,
         reply: Reply<()>,
     },
     Shutdown {

@@ -1,6 +1,7 @@
 //! What comes out of the engine: completions the transport turns into
 //! fences, and the firmware's reports.
 
+use super::command::EngineError;
 use crate::gpu::firmware::FwEvent;
 use crate::gpu::sync::FenceResult;
 
@@ -38,6 +39,18 @@ pub enum EngineEvent {
         user_data: u64,
         /// The result of the fence waited on.
         result: FenceResult,
+    },
+    /// A GROUP_SUBMIT posted without waiting for an answer
+    /// ([`Engine::group_submit_posted`](super::Engine::group_submit_posted))
+    /// was refused: none of its jobs was queued and no `JobDone` follows.
+    SubmitRejected {
+        /// The `user_data` of its first job.
+        user_data: u64,
+        /// The group.
+        group: u32,
+        /// Why, as [`Engine::group_submit`](super::Engine::group_submit)
+        /// would have answered.
+        error: EngineError,
     },
     /// A firmware report other than a job completion: a fault, a group
     /// that died, a VM that became unusable.

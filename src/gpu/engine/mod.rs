@@ -8,6 +8,10 @@
 //! doorbell eventfd and waits for the answer, which the thread sends as
 //! soon as the command is checked and queued — never after GPU work —
 //! so a caller blocks for a command's bookkeeping, not for the GPU.
+//! [`Engine::group_submit_posted`] does not wait at all: it queues the
+//! jobs without ringing ([`Engine::ring`] rings once for many), and a
+//! refusal comes out as [`EngineEvent::SubmitRejected`]. A ring that is
+//! already pending is not repeated.
 //! Argument errors come back synchronously with Panthor's errnos
 //! ([`EngineError::errno`]); completions come out later through the event
 //! callback ([`EngineEvent`]), called on the engine thread, which the
@@ -60,7 +64,9 @@ pub mod worker;
 mod tests;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, SubscriberOps};
@@ -80,7 +86,7 @@ use worker::Worker;
 use crate::gpu::firmware::{
     Firmware, FwConfig, GroupCreate, GroupStatus, HeapCreate, HeapInfo, KernelMemory,
 };
-use crate::gpu::mmu::VmState;
+use crate::gpu::mmu::{Bo, GuestRange, VmKey, VmState};
 use crate::gpu::model::GpuModel;
 use crate::gpu::sync::{SyncHandle, SyncKind, SyncLimits, SyncState, WaitFlags};
 
@@ -118,6 +124,9 @@ impl Default for EngineConfig {
 pub struct Engine {
     tx: Sender<Command>,
     doorbell: EventFd,
+    /// Set when the doorbell was rung and the thread has not yet started
+    /// draining its commands: later commands need not ring it again.
+    rung: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -139,6 +148,27 @@ impl Engine {
         A::M: GuestMemoryBackend,
         K: KernelMemory + Send + 'static,
     {
+        Self::spawn_with_pass_end(mem, kmem, model, config, on_event, Box::new(|| {}))
+    }
+
+    /// [`Engine::spawn`] with a second callback, `on_pass_end`, called on
+    /// the engine thread after each service pass (all queued commands
+    /// handled, the firmware run) and after the teardown. The events of one
+    /// pass all come before it, so a receiver can batch what they trigger
+    /// (fence completions, used-ring notifications) and flush it there.
+    pub fn spawn_with_pass_end<A, K>(
+        mem: A,
+        kmem: K,
+        model: GpuModel,
+        config: EngineConfig,
+        on_event: Box<dyn Fn(EngineEvent) + Send>,
+        on_pass_end: Box<dyn Fn() + Send>,
+    ) -> io::Result<Engine>
+    where
+        A: GuestAddressSpace + Send + 'static,
+        A::M: GuestMemoryBackend,
+        K: KernelMemory + Send + 'static,
+    {
         let mut fw_config = config.firmware;
         // The firmware must always take what the engine lets through.
         fw_config.max_pending_jobs = fw_config.max_pending_jobs.max(config.max_jobs_per_queue);
@@ -146,7 +176,16 @@ impl Engine {
         let doorbell = EventFd::new(EFD_NONBLOCK)?;
         let timer = TimerFd::new()?;
         let (tx, rx) = channel();
-        let worker = Worker::new(mem, fw, config, rx, doorbell.try_clone()?, timer, on_event);
+        let rung = Arc::new(AtomicBool::new(false));
+        let worker = Worker::new(
+            mem,
+            fw,
+            config,
+            rx,
+            (doorbell.try_clone()?, rung.clone()),
+            timer,
+            (on_event, on_pass_end),
+        );
         let (ready_tx, ready_rx) = sync_channel::<io::Result<()>>(1);
         let thread = std::thread::Builder::new()
             .name("vum-gpu".into())
@@ -155,6 +194,7 @@ impl Engine {
             Ok(Ok(())) => Ok(Engine {
                 tx,
                 doorbell,
+                rung,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -170,9 +210,30 @@ impl Engine {
 
     fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, EngineError> {
         let (reply, answer) = sync_channel(1);
-        self.tx.send(make(reply)).map_err(|_| EngineError::Gone)?;
-        self.doorbell.write(1).map_err(|_| EngineError::Gone)?;
+        self.post(make(reply))?;
         answer.recv().map_err(|_| EngineError::Gone)?
+    }
+
+    /// Queues a command and rings the doorbell unless a ring is already
+    /// pending (the thread clears the flag before it drains the channel,
+    /// so a command queued while the flag is set is always seen).
+    fn post(&self, cmd: Command) -> Result<(), EngineError> {
+        self.tx.send(cmd).map_err(|_| EngineError::Gone)?;
+        self.ring()
+    }
+
+    /// Rings the doorbell (unless a ring is pending already): the thread
+    /// handles every command queued so far. Commands sent without waiting
+    /// ([`Engine::group_submit_posted`]) may wait for a ring (any later
+    /// call also rings) or the thread's next timer wake-up.
+    pub fn ring(&self) -> Result<(), EngineError> {
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            if let Err(_e) = self.doorbell.write(1) {
+                self.rung.store(false, Ordering::Release);
+                return Err(EngineError::Gone);
+            }
+        }
+        Ok(())
     }
 
     /// VM_CREATE: the handle and the user VA range.
@@ -191,6 +252,12 @@ impl Engine {
     /// VM_GET_STATE.
     pub fn vm_state(&self, vm: u32) -> Result<VmState, EngineError> {
         self.call(|reply| Command::VmState { vm, reply })
+    }
+
+    /// The identity of a VM, which [`KernelMemory::alloc`] receives for
+    /// the VM's kernel objects.
+    pub fn vm_key(&self, vm: u32) -> Result<VmKey, EngineError> {
+        self.call(|reply| Command::VmKey { vm, reply })
     }
 
     /// VM_BIND, synchronous or asynchronous.
@@ -227,6 +294,24 @@ impl Engine {
     /// queued; [`EngineEvent::JobDone`] follows for each.
     pub fn group_submit(&self, group: u32, jobs: Vec<QueueSubmit>) -> Result<(), EngineError> {
         self.call(|reply| Command::GroupSubmit { group, jobs, reply })
+    }
+
+    /// GROUP_SUBMIT without waiting for the thread, and without ringing
+    /// the doorbell: the caller rings it with [`Engine::ring`] (several
+    /// posted submits can share one ring, and one pass of the thread). Only
+    /// a thread that is gone is reported here. The engine checks the jobs as
+    /// [`Engine::group_submit`] does, in command order; if it refuses them,
+    /// [`EngineEvent::SubmitRejected`] carries the first job's `user_data`
+    /// and the error, and no job is queued. Otherwise
+    /// [`EngineEvent::JobDone`] follows for each job.
+    pub fn group_submit_posted(
+        &self,
+        group: u32,
+        jobs: Vec<QueueSubmit>,
+    ) -> Result<(), EngineError> {
+        self.tx
+            .send(Command::GroupSubmitPosted { group, jobs })
+            .map_err(|_| EngineError::Gone)
     }
 
     /// TILER_HEAP_CREATE.
@@ -286,8 +371,40 @@ impl Engine {
             point,
             flags,
             user_data,
+            timeout_ns: None,
             reply,
         })
+    }
+
+    /// [`Engine::sync_wait`] that gives up after `timeout_ns`: if the point
+    /// has not signalled by then, the waiter is dropped and
+    /// [`EngineEvent::SyncWaitDone`] reports `ETIME`. The deadline is one
+    /// of the engine timer's wake-ups; nothing polls.
+    pub fn sync_wait_timeout(
+        &self,
+        handle: SyncHandle,
+        point: u64,
+        flags: WaitFlags,
+        user_data: u64,
+        timeout_ns: u64,
+    ) -> Result<(), EngineError> {
+        self.call(|reply| Command::SyncWait {
+            handle,
+            point,
+            flags,
+            user_data,
+            timeout_ns: Some(timeout_ns),
+            reply,
+        })
+    }
+
+    /// The guest took the memory of `bo` back: its mappings go from every
+    /// VM, pending MAPs of it fail when they run, and if `kernel` (its
+    /// guest ranges, when it was kernel memory) holds kernel objects of a
+    /// VM, that VM becomes unusable and its groups are killed. When this
+    /// returns the GPU no longer reaches the BO's memory.
+    pub fn revoke_bo(&self, bo: Arc<Bo>, kernel: Vec<GuestRange>) -> Result<(), EngineError> {
+        self.call(|reply| Command::RevokeBo { bo, kernel, reply })
     }
 
     /// Tells the GPU that guest memory may have changed (the guest CPU

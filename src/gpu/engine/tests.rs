@@ -15,7 +15,7 @@ use crate::gpu::firmware::{
     FwError, FwEvent, JobSubmit, KernelMemoryError, PageAllocator, QueueCreate,
 };
 use crate::gpu::interp::TimingModel;
-use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, MapFlags};
+use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, MapFlags, VmKey};
 use crate::gpu::sync::FenceResult;
 
 const MIB: u64 = 1 << 20;
@@ -34,11 +34,11 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Shared(Arc<Mutex<PageAllocator>>);
 
 impl KernelMemory for Shared {
-    fn alloc<M>(&mut self, mem: &M, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
+    fn alloc<M>(&mut self, mem: &M, vm: VmKey, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        self.0.lock().unwrap().alloc(mem, size)
+        self.0.lock().unwrap().alloc(mem, vm, size)
     }
 
     fn free(&mut self, bo: Arc<Bo>) {
@@ -806,4 +806,48 @@ fn dropping_the_engine_shuts_it_down() {
     drop(h.engine.take());
     assert_eq!(h.job_done(1).1, Err(libc::ECANCELED));
     assert_eq!(h.kmem.0.lock().unwrap().used(), 0);
+}
+
+#[test]
+fn posted_submits_run_after_a_ring_and_refusals_are_events() {
+    let mut h = H::new();
+    let vm = h.vm();
+    let g = h.group(vm, 1);
+    let job = h.stream(|b| store(b, CODE + 0x80_0000, 9));
+    // Posted without a ring; one ring covers both.
+    h.e()
+        .group_submit_posted(g, vec![H::job(job, 0, vec![], 41)])
+        .unwrap();
+    h.e()
+        .group_submit_posted(g, vec![H::job(job, 0, vec![], 42)])
+        .unwrap();
+    h.e().ring().unwrap();
+    assert_eq!(h.job_done(41).1, Ok(()));
+    assert_eq!(h.job_done(42).1, Ok(()));
+    assert_eq!(h.r32(0x80_0000), 9);
+    // A queue the group does not have: refused as group_submit would be,
+    // reported with the first job's user_data, and no job runs.
+    let refused = h
+        .e()
+        .group_submit(g, vec![H::job(job, 3, vec![], 1)])
+        .unwrap_err();
+    h.e()
+        .group_submit_posted(g, vec![H::job(job, 3, vec![], 43)])
+        .unwrap();
+    h.e().ring().unwrap();
+    let ev = h.wait_for("SubmitRejected", |e| {
+        matches!(e, EngineEvent::SubmitRejected { .. })
+    });
+    assert_eq!(
+        ev,
+        EngineEvent::SubmitRejected {
+            user_data: 43,
+            group: g,
+            error: refused,
+        }
+    );
+    assert!(!h
+        .quiet_for(Duration::from_millis(50))
+        .iter()
+        .any(|e| matches!(e, EngineEvent::JobDone { user_data: 43, .. })));
 }

@@ -6,12 +6,15 @@
 //!   after queuing a command, and by the thread itself when the firmware
 //!   still has ready queues after a run (so commands and execution take
 //!   turns);
-//! - a timerfd armed for the firmware's next wake-up (a scoreboard
-//!   deadline, a job timeout, the scheduler tick).
+//! - a timerfd armed for the next wake-up: the firmware's (a scoreboard
+//!   deadline, a job timeout, the scheduler tick) or the deadline of a
+//!   host wait with a timeout.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -31,6 +34,8 @@ use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcom
 
 /// The callback events go to.
 pub(crate) type Sink = Box<dyn Fn(EngineEvent) + Send>;
+/// The callback run at the end of each service pass.
+pub(crate) type PassEnd = Box<dyn Fn() + Send>;
 
 /// What a waiter recorded in the syncobj table unblocks.
 enum Target {
@@ -38,8 +43,8 @@ enum Target {
     Job(u64),
     /// A queued bind op (its engine id).
     Bind(u64),
-    /// A host wait, reported with this `user_data`.
-    Host(u64),
+    /// A host wait, reported with this `user_data`, and its deadline.
+    Host(u64, Option<u64>),
 }
 
 /// A job the firmware runs.
@@ -57,14 +62,20 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     config: EngineConfig,
     rx: Receiver<Command>,
     doorbell: EventFd,
+    /// Set by the handle when it rings the doorbell; cleared before the
+    /// commands are drained.
+    rung: Arc<AtomicBool>,
     timer: TimerFd,
     /// The deadline the timer is armed for.
     armed: Option<u64>,
     start: Instant,
     sink: Sink,
+    pass_end: PassEnd,
     /// Engine ids (jobs, bind ops, VM_BINDs) and waiter ids.
     next_id: u64,
     waiters: HashMap<u64, Target>,
+    /// Deadlines of host waits: (engine time in ns, waiter id).
+    deadlines: BTreeSet<(u64, u64)>,
     jobs: JobQueues,
     running: HashMap<JobId, Running>,
     binds: BindQueues,
@@ -88,9 +99,9 @@ where
         fw: Firmware<K>,
         config: EngineConfig,
         rx: Receiver<Command>,
-        doorbell: EventFd,
+        (doorbell, rung): (EventFd, Arc<AtomicBool>),
         timer: TimerFd,
-        sink: Sink,
+        (sink, pass_end): (Sink, PassEnd),
     ) -> Self {
         Self {
             mem,
@@ -99,12 +110,15 @@ where
             config,
             rx,
             doorbell,
+            rung,
             timer,
             armed: None,
             start: Instant::now(),
             sink,
+            pass_end,
             next_id: 1,
             waiters: HashMap::new(),
+            deadlines: BTreeSet::new(),
             jobs: JobQueues::default(),
             running: HashMap::new(),
             binds: BindQueues::default(),
@@ -133,6 +147,8 @@ where
     /// Handles every queued command, runs the firmware once and re-arms
     /// the timer.
     pub fn service(&mut self) {
+        // Commands queued from here on ring the doorbell again.
+        self.rung.store(false, Ordering::Release);
         loop {
             match self.rx.try_recv() {
                 Ok(cmd) => {
@@ -148,6 +164,7 @@ where
                 }
             }
         }
+        self.expire_waits();
         let mem = self.mem.memory();
         let now = self.now();
         self.fw.run(&*mem, now);
@@ -161,7 +178,12 @@ where
 
     /// Arms the timer for the firmware's next wake-up.
     fn rearm(&mut self) {
-        let want = self.fw.next_wakeup_ns();
+        let fw = self.fw.next_wakeup_ns();
+        let wait = self.deadlines.first().map(|&(t, _)| t);
+        let want = match (fw, wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if want == self.armed {
             return;
         }
@@ -191,6 +213,9 @@ where
             Command::VmState { vm, reply } => {
                 let _ = reply.send(self.fw.vm_state(vm).map_err(Into::into));
             }
+            Command::VmKey { vm, reply } => {
+                let _ = reply.send(self.fw.vm(vm).map(GpuVm::key).map_err(Into::into));
+            }
             Command::VmBind {
                 vm,
                 ops,
@@ -214,6 +239,16 @@ where
             Command::GroupSubmit { group, jobs, reply } => {
                 let r = self.group_submit(group, jobs);
                 let _ = reply.send(r);
+            }
+            Command::GroupSubmitPosted { group, jobs } => {
+                let user_data = jobs.first().map_or(0, |j| j.user_data);
+                if let Err(error) = self.group_submit(group, jobs) {
+                    self.emit(EngineEvent::SubmitRejected {
+                        user_data,
+                        group,
+                        error,
+                    });
+                }
             }
             Command::HeapCreate { args, reply } => {
                 let mem = self.mem.memory();
@@ -259,6 +294,7 @@ where
                 point,
                 flags,
                 user_data,
+                timeout_ns,
                 reply,
             } => {
                 let id = self.id();
@@ -271,7 +307,11 @@ where
                         Ok(())
                     }
                     Ok(WaitOutcome::Queued) => {
-                        self.waiters.insert(id, Target::Host(user_data));
+                        let deadline = timeout_ns.map(|t| self.now().saturating_add(t.max(1)));
+                        if let Some(d) = deadline {
+                            self.deadlines.insert((d, id));
+                        }
+                        self.waiters.insert(id, Target::Host(user_data, deadline));
                         Ok(())
                     }
                     Err(e) => Err(e.into()),
@@ -282,6 +322,13 @@ where
                 let mem = self.mem.memory();
                 let now = self.now();
                 self.fw.memory_changed(&*mem, now);
+                self.pump();
+                let _ = reply.send(Ok(()));
+            }
+            Command::RevokeBo { bo, kernel, reply } => {
+                let mem = self.mem.memory();
+                let now = self.now();
+                self.fw.revoke_bo(&*mem, now, &bo, &kernel);
                 self.pump();
                 let _ = reply.send(Ok(()));
             }
@@ -464,11 +511,34 @@ where
                     self.dirty_vms.insert(vm);
                 }
             }
-            Some(Target::Host(user_data)) => self.emit(EngineEvent::SyncWaitDone {
-                user_data,
-                result: r.result,
-            }),
+            Some(Target::Host(user_data, deadline)) => {
+                if let Some(d) = deadline {
+                    self.deadlines.remove(&(d, r.waiter));
+                }
+                self.emit(EngineEvent::SyncWaitDone {
+                    user_data,
+                    result: r.result,
+                })
+            }
             None => {}
+        }
+    }
+
+    /// Ends the host waits whose deadline has passed with `ETIME`.
+    fn expire_waits(&mut self) {
+        let now = self.now();
+        while let Some(&(t, id)) = self.deadlines.first() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            if let Some(Target::Host(user_data, _)) = self.waiters.remove(&id) {
+                self.syncs.remove_waiter(&id);
+                self.emit(EngineEvent::SyncWaitDone {
+                    user_data,
+                    result: Err(libc::ETIME),
+                });
+            }
         }
     }
 
@@ -611,7 +681,9 @@ where
         self.work.extend(rest);
         self.pump();
         self.waiters.clear();
+        self.deadlines.clear();
         self.stopped = true;
+        (self.pass_end)();
     }
 }
 
@@ -642,6 +714,7 @@ where
         }
         if !self.stopped {
             self.service();
+            (self.pass_end)();
         }
     }
 }

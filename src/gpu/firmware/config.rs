@@ -43,6 +43,8 @@ pub struct FwConfig {
     pub max_heaps_per_vm: u32,
     /// Limits of each VM's page tables and mapping tree.
     pub vm_limits: VmLimits,
+    /// Bytes of user mappings across all VMs.
+    pub max_mapped_bytes: u64,
     /// Modelled durations of asynchronous CS operations.
     pub timing: TimingModel,
 }
@@ -58,6 +60,7 @@ impl Default for FwConfig {
             max_vms: MAX_VMS,
             max_heaps_per_vm: MAX_HEAPS_PER_VM,
             vm_limits: VmLimits::default(),
+            max_mapped_bytes: u64::MAX,
             timing: TimingModel::DEFAULT,
         }
     }

@@ -8,6 +8,7 @@
 //! says so, and at [`Firmware::next_wakeup_ns`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use vm_memory::GuestMemoryBackend;
 
@@ -24,7 +25,7 @@ use super::sched::Scheduler;
 use super::vms::Vms;
 use crate::gpu::cs::disassemble;
 use crate::gpu::interp::{Block, CsLimits, ExecEnv, Stop, StreamState};
-use crate::gpu::mmu::{Fault, GpuVm, VmKey, VmState};
+use crate::gpu::mmu::{Bo, Fault, GpuVm, GuestRange, VmKey, VmState};
 use crate::gpu::model::GpuModel;
 use crate::gpu::sync::FenceResult;
 use crate::guest_warn;
@@ -130,7 +131,7 @@ impl<K: KernelMemory> Firmware<K> {
     pub fn new(model: GpuModel, config: FwConfig, kmem: K) -> Self {
         Self {
             sched: Scheduler::new(model.csif_info.csg_slot_count as usize),
-            vms: Vms::new(config.max_vms),
+            vms: Vms::new(config.max_vms, config.max_mapped_bytes),
             config,
             model,
             kmem,
@@ -231,6 +232,29 @@ impl<K: KernelMemory> Firmware<K> {
         self.fail_vm(mem, key);
         self.update_schedule(false);
         Ok(())
+    }
+
+    /// The guest took the memory of `bo` back (§10 of the protocol):
+    /// marks it revoked, removes its user mappings from every VM, and
+    /// fails (unusable, groups killed) every VM that has kernel objects in
+    /// `kernel`, the guest memory of a revoked kernel-memory BO.
+    pub fn revoke_bo<M>(&mut self, mem: &M, now: u64, bo: &Arc<Bo>, kernel: &[GuestRange])
+    where
+        M: GuestMemoryBackend + ?Sized,
+    {
+        self.tick_clock(now);
+        bo.revoke();
+        let mut failed = Vec::new();
+        for (key, e) in self.vms.iter_mut() {
+            e.vm.unmap_bo(bo);
+            if !kernel.is_empty() && e.vm.kernel_uses(kernel) {
+                failed.push(key);
+            }
+        }
+        for key in failed {
+            self.fail_vm(mem, key);
+        }
+        self.update_schedule(false);
     }
 
     fn fail_vm<M>(&mut self, mem: &M, key: VmKey)
@@ -743,7 +767,7 @@ impl<K: KernelMemory> Firmware<K> {
                 e.heaps.clear(&mut self.kmem, &mut e.vm);
             }
         }
-        self.vms = Vms::new(self.config.max_vms);
+        self.vms = Vms::new(self.config.max_vms, self.config.max_mapped_bytes);
         self.sched = Scheduler::new(self.model.csif_info.csg_slot_count as usize);
     }
 

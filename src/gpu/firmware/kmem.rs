@@ -19,14 +19,15 @@ use std::sync::Arc;
 use vm_memory::{Bytes, GuestMemoryBackend};
 
 use super::error::{FwError, KernelMemoryError};
-use crate::gpu::mmu::{Bo, BoLimits, GpuVm, GuestRange, MapFlags, PAGE_SIZE};
+use crate::gpu::mmu::{Bo, BoLimits, GpuVm, GuestRange, MapFlags, VmKey, PAGE_SIZE};
 
 /// Where kernel objects get their memory.
 pub trait KernelMemory {
     /// Allocates `size` bytes (a non-zero multiple of 4 KiB) of guest
-    /// memory inside `mem`. The content is not defined; the firmware zeroes
-    /// it.
-    fn alloc<M>(&mut self, mem: &M, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
+    /// memory inside `mem` for an object of the VM `vm` (an allocator may
+    /// keep memory per VM, or ignore `vm`). The content is not defined; the
+    /// firmware zeroes it.
+    fn alloc<M>(&mut self, mem: &M, vm: VmKey, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
     where
         M: GuestMemoryBackend + ?Sized;
 
@@ -85,7 +86,8 @@ impl PageAllocator {
 }
 
 impl KernelMemory for PageAllocator {
-    fn alloc<M>(&mut self, mem: &M, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
+    /// One region for every VM: `vm` is not looked at.
+    fn alloc<M>(&mut self, mem: &M, _vm: VmKey, size: u64) -> Result<Arc<Bo>, KernelMemoryError>
     where
         M: GuestMemoryBackend + ?Sized,
     {
@@ -164,7 +166,7 @@ impl KernelObject {
             .map(|s| s & !(PAGE_SIZE - 1))
             .filter(|&s| s != 0)
             .ok_or(KernelMemoryError::InvalidSize(size))?;
-        let bo = kmem.alloc(mem, size)?;
+        let bo = kmem.alloc(mem, vm.key(), size)?;
         if let Err(e) = zero_bo(mem, &bo) {
             kmem.free(bo);
             return Err(e.into());

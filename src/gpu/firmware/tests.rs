@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::*;
 use crate::gpu::cs::{AsyncOp, Builder, Cond, SyncCond, SyncScope};
 use crate::gpu::interp::TimingModel;
-use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, MapFlags, VmState};
+use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, MapFlags, VmKey, VmState};
 use crate::gpu::model::{GpuModel, GROUP_PRIORITY_HIGH, GROUP_PRIORITY_LOW};
 use crate::gpu::sync::FenceResult;
 
@@ -1067,30 +1067,35 @@ fn page_allocator_first_fit_and_coalescing() {
     let mut a = PageAllocator::new(MIB, 16 * 4096).unwrap();
     assert!(PageAllocator::new(1, 4096).is_err());
     assert_eq!(
-        a.alloc(&mem, 100).unwrap_err(),
+        a.alloc(&mem, VmKey::new_unique(), 100).unwrap_err(),
         KernelMemoryError::InvalidSize(100)
     );
-    let x = a.alloc(&mem, 4 * 4096).unwrap();
-    let y = a.alloc(&mem, 4 * 4096).unwrap();
-    let z = a.alloc(&mem, 8 * 4096).unwrap();
+    let x = a.alloc(&mem, VmKey::new_unique(), 4 * 4096).unwrap();
+    let y = a.alloc(&mem, VmKey::new_unique(), 4 * 4096).unwrap();
+    let z = a.alloc(&mem, VmKey::new_unique(), 8 * 4096).unwrap();
     assert_eq!(
-        a.alloc(&mem, 4096).unwrap_err(),
+        a.alloc(&mem, VmKey::new_unique(), 4096).unwrap_err(),
         KernelMemoryError::Exhausted(4096)
     );
     assert_eq!(a.used(), 16 * 4096);
     a.free(x);
     a.free(y);
     // The two freed neighbours coalesce into one 8-page range.
-    let w = a.alloc(&mem, 8 * 4096).unwrap();
+    let w = a.alloc(&mem, VmKey::new_unique(), 8 * 4096).unwrap();
     assert_eq!(w.ranges()[0].addr.0, MIB);
     a.free(w);
     a.free(z);
     assert_eq!(a.used(), 0);
-    assert_eq!(a.alloc(&mem, 16 * 4096).unwrap().size(), 16 * 4096);
+    assert_eq!(
+        a.alloc(&mem, VmKey::new_unique(), 16 * 4096)
+            .unwrap()
+            .size(),
+        16 * 4096
+    );
     // Outside guest memory: refused.
     let mut far = PageAllocator::new(32 * MIB, 4096).unwrap();
     assert!(matches!(
-        far.alloc(&mem, 4096),
+        far.alloc(&mem, VmKey::new_unique(), 4096),
         Err(KernelMemoryError::Bo(_))
     ));
 }

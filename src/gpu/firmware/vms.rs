@@ -8,10 +8,11 @@
 //! later accesses to user memory fault.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use super::error::FwError;
 use super::heap::HeapPool;
-use crate::gpu::mmu::{BindOp, GpuVm, VmKey, VmLimits};
+use crate::gpu::mmu::{BindOp, GpuVm, MappedQuota, VmKey, VmLimits};
 
 /// One VM object.
 #[derive(Debug)]
@@ -30,15 +31,18 @@ pub(crate) struct Vms {
     entries: HashMap<VmKey, VmEntry>,
     handles: BTreeMap<u32, VmKey>,
     max: u32,
+    /// Bytes of user mappings of all the VMs.
+    quota: Arc<MappedQuota>,
 }
 
 impl Vms {
-    pub fn new(max: u32) -> Self {
+    pub fn new(max: u32, max_mapped_bytes: u64) -> Self {
         Self {
             entries: HashMap::new(),
             handles: BTreeMap::new(),
             // Tiler heap handles carry the VM handle in 16 bits.
             max: max.min(0xffff),
+            quota: MappedQuota::new(max_mapped_bytes),
         }
     }
 
@@ -47,7 +51,8 @@ impl Vms {
         let handle = (1..=self.max)
             .find(|h| !self.handles.contains_key(h))
             .ok_or(FwError::TooManyVms(self.max))?;
-        let vm = GpuVm::new(user_va_range, limits)?;
+        let mut vm = GpuVm::new(user_va_range, limits)?;
+        vm.set_quota(self.quota.clone());
         let key = vm.key();
         self.entries.insert(
             key,
@@ -67,6 +72,11 @@ impl Vms {
             .get(&handle)
             .copied()
             .ok_or(FwError::NoSuchVm(handle))
+    }
+
+    /// Every VM object, with or without a handle.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (VmKey, &mut VmEntry)> {
+        self.entries.iter_mut().map(|(&k, e)| (k, e))
     }
 
     pub fn get(&self, key: VmKey) -> Option<&VmEntry> {

@@ -79,6 +79,8 @@ pub struct Bo {
     size: u64,
     /// The only VM this BO may be mapped into, if any.
     exclusive_vm: Option<VmKey>,
+    /// The guest took the memory back: the BO may not be mapped again.
+    revoked: std::sync::atomic::AtomicBool,
 }
 
 impl Bo {
@@ -147,7 +149,20 @@ impl Bo {
             starts: starts.into_boxed_slice(),
             size,
             exclusive_vm,
+            revoked: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Marks the BO revoked: validated MAPs of it not applied yet fail when
+    /// they run, and no new MAP of it is accepted.
+    pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Bo::revoke`] was called.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Size of the BO in bytes (a multiple of 4 KiB).

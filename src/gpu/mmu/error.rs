@@ -116,6 +116,13 @@ pub enum VmBindError {
     /// The VM's page-table budget would be exceeded.
     #[error("page-table budget of the VM exhausted")]
     PageTableBudget,
+    /// MAP of a BO whose memory the guest took back.
+    #[error("the BO was revoked")]
+    Revoked,
+    /// The bytes of user mappings shared with other VMs would exceed
+    /// their quota.
+    #[error("mapped-bytes quota exhausted")]
+    MappedBytes,
 }
 
 impl VmBindError {
@@ -126,7 +133,9 @@ impl VmBindError {
     /// ENOSPC, drm_mm's answer.
     pub fn errno(&self) -> i32 {
         match self {
-            VmBindError::TooManyMappings | VmBindError::PageTableBudget => libc::ENOMEM,
+            VmBindError::TooManyMappings
+            | VmBindError::PageTableBudget
+            | VmBindError::MappedBytes => libc::ENOMEM,
             VmBindError::NoKernelVa => libc::ENOSPC,
             _ => libc::EINVAL,
         }

@@ -41,8 +41,8 @@ pub use fault::{exception, Access, Fault, FaultKind};
 pub use pagetable::{Leaf, MapFlags, PageTable, PtError};
 pub use translate::{Translation, TLB_ENTRIES};
 pub use vm::{
-    BindOp, GpuVm, Mapping, VaLayout, ValidatedOp, VmKey, VmLimits, VmState, MAX_VM_MAPPINGS,
-    MAX_VM_PAGE_TABLES,
+    BindOp, GpuVm, MappedQuota, Mapping, VaLayout, ValidatedOp, VmKey, VmLimits, VmState,
+    MAX_VM_MAPPINGS, MAX_VM_PAGE_TABLES,
 };
 
 /// log2 of the GPU page size.

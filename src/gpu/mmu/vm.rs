@@ -48,6 +48,12 @@
 //! not limited (refusing the UNMAP would break the rule), and it stays
 //! bounded because every mapping covers at least one page and the pages
 //! that can be mapped at all are bounded by the page-table budget.
+//!
+//! The bytes of user mappings can also be bounded across several VMs (one
+//! context's) by a shared [`MappedQuota`] ([`GpuVm::set_quota`]). A user
+//! MAP is charged its full size when it is validated, before any credit
+//! for what it replaces; the bytes it removes, UNMAPs and the VM's end
+//! give bytes back. Kernel mappings are not counted.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -284,6 +290,61 @@ impl BindOp {
     }
 }
 
+/// Bytes of user mappings shared by several VMs: what is mapped plus what
+/// validated MAPs not applied yet reserve.
+#[derive(Debug)]
+pub struct MappedQuota {
+    max: u64,
+    used: AtomicU64,
+}
+
+impl MappedQuota {
+    /// A quota of `max` bytes, none used.
+    pub fn new(max: u64) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes mapped or reserved.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The limit.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Takes `bytes` if they fit under the limit.
+    fn charge(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|&t| t <= self.max)
+            })
+            .is_ok()
+    }
+
+    /// Takes `bytes` whatever the limit (they were reserved before).
+    fn force(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_add(bytes))
+            });
+    }
+
+    /// Gives `bytes` back.
+    fn credit(&self, bytes: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(bytes))
+            });
+    }
+}
+
 /// Amounts reserved by validated ops that are not applied yet.
 #[derive(Debug, Default)]
 struct Reserved {
@@ -297,10 +358,15 @@ struct Reservation {
     pool: Arc<Reserved>,
     tables: usize,
     mappings: usize,
+    /// User bytes charged to a shared quota.
+    bytes: Option<(Arc<MappedQuota>, u64)>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if let Some((q, n)) = &self.bytes {
+            q.credit(*n);
+        }
         self.pool.tables.fetch_sub(self.tables, Ordering::AcqRel);
         self.pool
             .mappings
@@ -400,6 +466,17 @@ pub struct GpuVm {
     tlb: Tlb,
     state: VmState,
     reserved: Arc<Reserved>,
+    quota: Option<Arc<MappedQuota>>,
+    /// Bytes of user mappings.
+    user_bytes: u64,
+}
+
+impl Drop for GpuVm {
+    fn drop(&mut self) {
+        if let Some(q) = &self.quota {
+            q.credit(self.user_bytes);
+        }
+    }
 }
 
 impl GpuVm {
@@ -414,7 +491,24 @@ impl GpuVm {
             tlb: Tlb::default(),
             state: VmState::Usable,
             reserved: Arc::default(),
+            quota: None,
+            user_bytes: 0,
         })
+    }
+
+    /// Charges the VM's user mappings to `quota` from now on (the bytes
+    /// already mapped included, whatever its limit).
+    pub fn set_quota(&mut self, quota: Arc<MappedQuota>) {
+        if let Some(old) = self.quota.take() {
+            old.credit(self.user_bytes);
+        }
+        quota.force(self.user_bytes);
+        self.quota = Some(quota);
+    }
+
+    /// Bytes of user mappings in the VM.
+    pub fn user_bytes(&self) -> u64 {
+        self.user_bytes
     }
 
     /// The identity exclusive BOs are checked against.
@@ -555,7 +649,18 @@ impl GpuVm {
                 if !self.is_usable() {
                     return Err(VmBindError::Unusable);
                 }
-                let reservation = self.reserve(tables_needed(va, size), MAP_TREE_GROWTH)?;
+                if bo.is_revoked() {
+                    return Err(VmBindError::Revoked);
+                }
+                let mut reservation = self.reserve(tables_needed(va, size), MAP_TREE_GROWTH)?;
+                if region == Region::User {
+                    if let Some(q) = &self.quota {
+                        if !q.charge(size) {
+                            return Err(VmBindError::MappedBytes);
+                        }
+                        reservation.bytes = Some((q.clone(), size));
+                    }
+                }
                 (
                     Validated::Map {
                         bo: bo.clone(),
@@ -592,6 +697,7 @@ impl GpuVm {
             pool: self.reserved.clone(),
             tables: 0,
             mappings,
+            bytes: None,
         };
         let charge = self.pt.charge();
         self.reserved
@@ -629,6 +735,9 @@ impl GpuVm {
                 if !self.is_usable() {
                     return Err(VmBindError::Unusable);
                 }
+                if bo.is_revoked() {
+                    return Err(VmBindError::Revoked);
+                }
                 let mapping = Mapping {
                     va: *va,
                     size: *size,
@@ -648,6 +757,7 @@ impl GpuVm {
     /// outside parts of straddling mappings.
     fn remove_range(&mut self, va: u64, size: u64) {
         let end = va + size;
+        let mut removed_user = 0u64;
         // A mapping that starts before the range and reaches into it.
         let straddler = self
             .mappings
@@ -657,6 +767,9 @@ impl GpuVm {
             .map(|(&k, _)| k);
         if let Some(m) = straddler.and_then(|k| self.mappings.get_mut(&k)) {
             let old_end = m.end();
+            if !m.kernel {
+                removed_user += old_end.min(end) - va;
+            }
             let tail = (old_end > end).then(|| Mapping {
                 va: end,
                 size: old_end - end,
@@ -673,6 +786,9 @@ impl GpuVm {
             let Some(m) = self.mappings.remove(&k) else {
                 break;
             };
+            if !m.kernel {
+                removed_user += m.end().min(end) - m.va;
+            }
             if m.end() > end {
                 let tail = Mapping {
                     va: end,
@@ -682,6 +798,10 @@ impl GpuVm {
                 };
                 self.mappings.insert(tail.va, tail);
             }
+        }
+        self.user_bytes = self.user_bytes.saturating_sub(removed_user);
+        if let Some(q) = &self.quota {
+            q.credit(removed_user);
         }
         // The range was validated, so this cannot fail; if it ever did, the
         // tree and the page table would disagree, which makes the VM
@@ -704,6 +824,12 @@ impl GpuVm {
             }
             va += len;
         }
+        if !m.kernel {
+            self.user_bytes = self.user_bytes.saturating_add(m.size);
+            if let Some(q) = &self.quota {
+                q.force(m.size);
+            }
+        }
         self.mappings.insert(m.va, m);
         Ok(())
     }
@@ -722,6 +848,33 @@ impl GpuVm {
                 .map_err(|error| BindError { completed, error })?;
         }
         Ok(())
+    }
+
+    /// Removes every user mapping of `bo` (its memory was revoked); returns
+    /// the bytes unmapped.
+    pub fn unmap_bo(&mut self, bo: &Arc<Bo>) -> u64 {
+        let ranges: Vec<(u64, u64)> = self
+            .mappings
+            .values()
+            .filter(|m| !m.kernel && Arc::ptr_eq(&m.bo, bo))
+            .map(|m| (m.va, m.size))
+            .collect();
+        for &(va, size) in &ranges {
+            self.remove_range(va, size);
+        }
+        ranges.iter().map(|&(_, s)| s).sum()
+    }
+
+    /// Whether a kernel mapping of the VM uses guest memory in `ranges`.
+    pub fn kernel_uses(&self, ranges: &[super::GuestRange]) -> bool {
+        self.mappings.values().filter(|m| m.kernel).any(|m| {
+            m.bo.ranges().iter().any(|a| {
+                ranges.iter().any(|b| {
+                    a.addr.0 < b.addr.0.saturating_add(b.len)
+                        && b.addr.0 < a.addr.0.saturating_add(a.len)
+                })
+            })
+        })
     }
 
     /// Map a BO range at `va` inside the kernel window.
@@ -833,6 +986,54 @@ mod tests {
             size,
             flags: MapFlags::EMPTY,
         }
+    }
+
+    #[test]
+    fn mapped_quota_is_shared_and_given_back() {
+        let q = MappedQuota::new(8 * P);
+        let (mut a, mut b) = (vm(), vm());
+        a.set_quota(q.clone());
+        b.set_quota(q.clone());
+        let bo = bo_at(MIB, 8 * P, None);
+        a.bind(&[map_op(&bo, 0, 0x10_0000, 6 * P)]).unwrap();
+        assert_eq!(
+            err(&mut b, map_op(&bo, 0, 0x10_0000, 4 * P)),
+            VmBindError::MappedBytes
+        );
+        assert_eq!(VmBindError::MappedBytes.errno(), libc::ENOMEM);
+        // A pending (validated) MAP holds its bytes until dropped.
+        let v = b.validate(&map_op(&bo, 0, 0x10_0000, 2 * P)).unwrap();
+        assert_eq!(q.used(), 8 * P);
+        assert_eq!(
+            err(&mut a, map_op(&bo, 0, 0x40_0000, P)),
+            VmBindError::MappedBytes
+        );
+        b.apply(v).unwrap();
+        assert_eq!((q.used(), b.user_bytes()), (8 * P, 2 * P));
+        // A replacement is charged in full first.
+        assert_eq!(
+            err(&mut a, map_op(&bo, 0, 0x10_0000, P)),
+            VmBindError::MappedBytes
+        );
+        // A hole punched in the middle of a mapping gives its bytes back.
+        a.bind(&[BindOp::Unmap {
+            va: 0x10_0000 + P,
+            size: 2 * P,
+        }])
+        .unwrap();
+        assert_eq!((q.used(), a.user_bytes()), (6 * P, 4 * P));
+        a.bind(&[map_op(&bo, 0, 0x10_0000, 2 * P)]).unwrap();
+        assert_eq!((q.used(), a.user_bytes()), (7 * P, 5 * P));
+        // Revocation unmaps; the VM's end gives the rest back.
+        assert_eq!(a.unmap_bo(&bo), 5 * P);
+        assert_eq!(q.used(), 2 * P);
+        drop(b);
+        assert_eq!(q.used(), 0);
+        // Kernel mappings are not counted.
+        a.map_kernel_auto(&bo, 0, 8 * P, MapFlags::EMPTY).unwrap();
+        assert_eq!(q.used(), 0);
+        bo.revoke();
+        assert_eq!(err(&mut a, map_op(&bo, 0, 0, P)), VmBindError::Revoked);
     }
 
     fn err(vm: &mut GpuVm, op: BindOp) -> VmBindError {

@@ -906,6 +906,76 @@ impl<W> SyncTable<W> {
         }
     }
 
+    /// Forgets a recorded waiter (its wait timed out), wherever it waits.
+    /// Returns whether it was found. Linear in the waiters of the table.
+    pub fn remove_waiter(&mut self, waiter: &W) -> bool
+    where
+        W: PartialEq,
+    {
+        fn take<W: PartialEq>(list: &mut Vec<W>, waiter: &W) -> bool {
+            match list.iter().position(|w| w == waiter) {
+                Some(i) => {
+                    list.swap_remove(i);
+                    true
+                }
+                None => false,
+            }
+        }
+        let mut found = None;
+        for (&id, entry) in self.objects.iter_mut() {
+            let hit = match &mut entry.obj {
+                Obj::Binary(b) => take(&mut b.submit_waiters, waiter),
+                Obj::Timeline(t) => {
+                    let mut hit = None;
+                    for (&p, list) in t.waiters.iter_mut() {
+                        if take(list, waiter) {
+                            hit = Some(p);
+                            break;
+                        }
+                    }
+                    if let Some(p) = hit {
+                        if t.waiters.get(&p).is_some_and(Vec::is_empty) {
+                            t.waiters.remove(&p);
+                        }
+                    }
+                    hit.is_some()
+                }
+            };
+            if hit {
+                found = Some(id);
+                break;
+            }
+        }
+        if found.is_none() {
+            for pending in self.pending.values_mut() {
+                if let PendingTarget::Binary { waiters } = &mut pending.target {
+                    if take(waiters, waiter) {
+                        found = Some(pending.obj);
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(id) = found else {
+            return false;
+        };
+        self.waiter_count = self.waiter_count.saturating_sub(1);
+        // A destroyed timeline lives on only for its waiters.
+        let idle = self.objects.get(&id).is_some_and(|e| {
+            e.handle.is_none() && matches!(&e.obj, Obj::Timeline(t) if t.waiters.is_empty())
+        });
+        if idle {
+            if let Some(ObjEntry {
+                obj: Obj::Timeline(t),
+                ..
+            }) = self.objects.remove(&id)
+            {
+                self.out_of_order -= count_done(&t.points);
+            }
+        }
+        true
+    }
+
     /// Context teardown: destroys every syncobj, forgets every pending
     /// signal (later [`SyncTable::complete`] calls do nothing) and returns
     /// every waiter with `ECANCELED`.

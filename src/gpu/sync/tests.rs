@@ -663,3 +663,32 @@ fn errors_display() {
     };
     assert_eq!(e.to_string(), "syncobj 3: point 9 has not materialised");
 }
+
+#[test]
+fn removed_waiters_are_never_released() {
+    let mut t = Table::default();
+    let b = t.create(SyncKind::Binary, false).unwrap();
+    let tl = t.create(SyncKind::Timeline, false).unwrap();
+    queued(t.wait(b, 0, WaitFlags::FOR_SUBMIT, 1).unwrap());
+    queued(t.wait(tl, 3, WaitFlags::FOR_SUBMIT, 2).unwrap());
+    queued(t.wait(tl, 3, WaitFlags::FOR_SUBMIT, 3).unwrap());
+    let tok = t.add_pending_signal(b, 0).unwrap();
+    queued(t.wait(b, 0, WaitFlags::default(), 4).unwrap());
+    assert_eq!(t.waiter_count(), 4);
+    // On a pending binary fence, on a timeline point.
+    assert!(t.remove_waiter(&4));
+    assert!(t.remove_waiter(&2));
+    assert!(!t.remove_waiter(&2), "only once");
+    assert_eq!(t.waiter_count(), 2);
+    assert_eq!(t.complete(tok, Ok(())), vec![ok(1)]);
+    assert_eq!(t.signal(tl, 3, Ok(())).unwrap(), vec![ok(3)]);
+    assert_eq!(t.waiter_count(), 0);
+    // The last waiter of a destroyed timeline takes the object with it.
+    let tl2 = t.create(SyncKind::Timeline, false).unwrap();
+    let _pending = t.add_pending_signal(tl2, 1).unwrap();
+    queued(t.wait(tl2, 1, WaitFlags::default(), 5).unwrap());
+    assert!(t.destroy(tl2).unwrap().is_empty());
+    assert!(t.remove_waiter(&5));
+    assert_eq!(t.waiter_count(), 0);
+    assert_eq!(t.clear(), vec![]);
+}
