@@ -7,11 +7,14 @@
 # The daemon is started once; the guest is then booted N times in a row
 # against the same daemon, which proves that it serves a new connection
 # after each QEMU exit. Each boot runs the initramfs from ci/guest-build.sh,
-# whose /init loads virtio-gpu, runs mali-guest-probe and powers off.
+# whose /init loads virtio-gpu, runs mali-guest-probe and mali-guest-tests
+# and powers off. Each boot's `guest-tests:` summary is printed, and the
+# summaries of all boots again at the end.
 #
 # A boot fails on: timeout, no GUEST-DONE marker or a non-zero probe status,
-# any PROBE FAIL line, vhost errors from QEMU, kernel errors about the
-# device, or the daemon dying. The run also fails if the daemon log contains
+# any PROBE FAIL or TEST FAIL line, a missing or non-zero guest-tests
+# summary, vhost errors from QEMU, kernel errors about the device, or the
+# daemon dying. The run also fails if the daemon log contains
 # a panic or if the daemon does not exit promptly on SIGTERM at the end.
 #
 # Logs (ci/out/): daemon.log, console-N.log (guest serial console),
@@ -29,6 +32,10 @@ BOOT_TIMEOUT=120
 SOCKET_WAIT_TENTHS=100
 # How long the daemon may take to exit after SIGTERM, in tenths of a second.
 STOP_WAIT_TENTHS=50
+
+# Job timeout of the daemon this script builds: short enough for the guest
+# suite's job-timeout case (which accepts at most 2000 ms).
+GUEST_JOB_TIMEOUT_MS=1000
 
 GUEST_MEM=512M
 # quiet keeps the console to warnings and errors; /init prints the kernel
@@ -127,7 +134,9 @@ wait_for_socket() {
 start_daemon() {
     rm -f "$SOCK"
     log "starting $DAEMON --socket-path $SOCK ${DAEMON_ARGS[*]}"
-    "$DAEMON" --socket-path "$SOCK" "${DAEMON_ARGS[@]}" >"$OUT/daemon.log" 2>&1 &
+    # 9>&-: the daemon must not inherit the run lock, or a daemon left
+    # behind by a killed run would block every later run.
+    "$DAEMON" --socket-path "$SOCK" "${DAEMON_ARGS[@]}" >"$OUT/daemon.log" 2>&1 9>&- &
     DAEMON_PID=$!
     if ! wait_for_socket; then
         tail -n 20 "$OUT/daemon.log" | sed 's/^/daemon: /'
@@ -234,7 +243,7 @@ boot() {
         -initrd "$INITRD" \
         -append "$APPEND" \
         -nographic -no-reboot \
-        </dev/null >"$console" 2>"$qemu_log" &
+        </dev/null >"$console" 2>"$qemu_log" 9>&- &
     QEMU_PID=$!
     wait "$QEMU_PID" || rc=$?
     QEMU_PID=""
@@ -247,7 +256,8 @@ boot() {
     grep -E '^GUEST-MODULES ' <<<"$text" | sed 's/^GUEST-MODULES /  modules: /' || true
     grep -E '^GUEST-DMESG .*(features:|cap set|Initialized virtio_gpu)' <<<"$text" |
         sed 's/^GUEST-DMESG /  dmesg: /' || true
-    grep -E '^(PROBE (PASS|FAIL) |probe: )' <<<"$text" | sed 's/^/  /' || true
+    grep -E '^(PROBE (PASS|FAIL) |probe: |TEST (PASS|FAIL) |guest-tests: )' <<<"$text" |
+        sed 's/^/  /' || true
 
     # QEMU's stderr, in full: it is normally empty.
     if [[ -s $qemu_log ]]; then
@@ -271,9 +281,23 @@ boot() {
         fail "boot $n: no probe summary line"
     fi
 
+    local tests_summary tests_rc
+    tests_summary=$(grep -E '^guest-tests: [0-9]+ passed, [0-9]+ failed$' <<<"$text" | tail -n 1 || true)
+    tests_rc=$(sed -n 's/^GUEST-TESTS rc=\([0-9]*\)$/\1/p' <<<"$text" | tail -n 1)
+    TESTS_SUMMARY[n]=${tests_summary:-"(no guest-tests summary)"}
+    if [[ -n $done_line && -z $tests_summary ]]; then
+        fail "boot $n: no guest-tests summary line"
+    fi
+    if [[ -n $done_line && ${tests_rc:-x} != 0 ]]; then
+        fail "boot $n: mali-guest-tests exited with ${tests_rc:-no status}"
+    fi
+
     local lines load_ms
     if lines=$(grep -E '^PROBE FAIL ' <<<"$text"); then
         fail "boot $n: $(wc -l <<<"$lines") probe check(s) failed"
+    fi
+    if lines=$(grep -E '^TEST FAIL ' <<<"$text"); then
+        fail "boot $n: $(wc -l <<<"$lines") guest test(s) failed: $(summary "$lines")"
     fi
     if lines=$(grep -E '^GUEST-ERROR ' <<<"$text"); then
         fail "boot $n: guest setup: $(summary "$lines")"
@@ -319,6 +343,11 @@ main() {
     source "$OUT/guest.env"
 
     if [[ -z $DAEMON ]]; then
+        # The guest suite's job-timeout case needs a short job timeout
+        # (the default is 5 s); --daemon-arg --job-timeout-ms overrides it.
+        if [[ " ${DAEMON_ARGS[*]} " != *" --job-timeout-ms "* ]]; then
+            DAEMON_ARGS=(--job-timeout-ms "$GUEST_JOB_TIMEOUT_MS" "${DAEMON_ARGS[@]}")
+        fi
         log "building the daemon"
         (cd "$ROOT" && cargo build --quiet --release --bin vhost-user-mali)
         DAEMON=${CARGO_TARGET_DIR:-$ROOT/target}/release/vhost-user-mali
@@ -340,7 +369,7 @@ main() {
     local t_daemon
     t_daemon=$(now_us)
 
-    declare -ga BOOT_TIME=() BOOT_VERDICT=()
+    declare -ga BOOT_TIME=() BOOT_VERDICT=() TESTS_SUMMARY=()
     local n
     for ((n = 1; n <= BOOTS; n++)); do
         boot "$n" || break
@@ -355,7 +384,7 @@ main() {
     log "timings: build $(secs $((t_build - t_start))) s, daemon start $(secs $((t_daemon - t_build))) s"
     for ((n = 1; n <= BOOTS; n++)); do
         if [[ -n ${BOOT_TIME[n]:-} ]]; then
-            log "  boot $n: ${BOOT_VERDICT[n]} $(secs "${BOOT_TIME[n]}") s"
+            log "  boot $n: ${BOOT_VERDICT[n]} $(secs "${BOOT_TIME[n]}") s, ${TESTS_SUMMARY[n]:-}"
         else
             log "  boot $n: not run"
         fi

@@ -5,10 +5,11 @@
 #     binutils;
 #   * Debian's 6.1 kernel, downloaded as a .deb and unpacked under ci/cache/
 #     (never installed into /boot);
-#   * the static guest probe (src/bin/mali-guest-probe.rs);
+#   * the static guest programs: the probe (src/bin/mali-guest-probe.rs)
+#     and the test suite (src/bin/mali-guest-tests.rs);
 #   * a gzip'd newc initramfs with busybox, the virtio-gpu module chain, the
-#     probe and ci/guest-init.sh as /init, which runs the probe and powers
-#     the guest off.
+#     guest programs and ci/guest-init.sh as /init, which runs the probe and
+#     the tests and powers the guest off.
 #
 # Outputs (ci/out/):
 #   initramfs.cpio.gz   the initramfs
@@ -25,6 +26,7 @@ OUT=$ROOT/ci/out
 GUEST_TARGET_DIR=$ROOT/target-guest
 RUST_TARGET=x86_64-unknown-linux-gnu
 PROBE=$GUEST_TARGET_DIR/$RUST_TARGET/release/mali-guest-probe
+TESTS=$GUEST_TARGET_DIR/$RUST_TARGET/release/mali-guest-tests
 
 # virtio-gpu, the PCI transport and everything they depend on, in load order.
 # check_module_order verifies against the kernel's own dependency data that
@@ -210,18 +212,22 @@ check_module_order() {
 
 # --- guest programs -----------------------------------------------------------
 
-build_probe() {
-    log "building mali-guest-probe (static)"
+build_guest_programs() {
+    log "building mali-guest-probe and mali-guest-tests (static)"
     (
         cd "$ROOT"
         RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$GUEST_TARGET_DIR \
-            cargo build --quiet --release --target "$RUST_TARGET" --bin mali-guest-probe
+            cargo build --quiet --release --target "$RUST_TARGET" \
+            --bin mali-guest-probe --bin mali-guest-tests
     )
     # A dynamically linked binary would fail in the initramfs with a
     # confusing "not found": refuse it here instead.
-    if readelf -l "$PROBE" | grep -q 'INTERP'; then
-        die "$PROBE is not statically linked"
-    fi
+    local bin
+    for bin in "$PROBE" "$TESTS"; do
+        if readelf -l "$bin" | grep -q 'INTERP'; then
+            die "$bin is not statically linked"
+        fi
+    done
 }
 
 # --- initramfs ----------------------------------------------------------------
@@ -235,7 +241,7 @@ build_initramfs() {
     mkdir -p "$OUT"
 
     # Everything that goes into the image, by content.
-    local stamp inputs=("$busybox" "$PROBE" "$init")
+    local stamp inputs=("$busybox" "$PROBE" "$TESTS" "$init")
     for m in "${MODULES[@]}"; do inputs+=("$(module_file "$m")"); done
     stamp=$(
         {
@@ -259,6 +265,7 @@ build_initramfs() {
     install -m 755 "$init" "$stage/init"
     # Debug info is of no use in the guest and triples the image size.
     strip -o "$stage/bin/mali-guest-probe" "$PROBE"
+    strip -o "$stage/bin/mali-guest-tests" "$TESTS"
 
     # /init loads the modules in this order.
     printf '%s\n' "${MODULES[@]}" >"$stage/etc/modules.order"
@@ -290,7 +297,7 @@ main() {
     ensure_packages
     ensure_kernel
     check_module_order
-    build_probe
+    build_guest_programs
     build_initramfs
 
     local kernel=$KROOT/boot/vmlinuz-$KVER

@@ -4,14 +4,18 @@
 #
 # It loads the virtio-gpu module chain listed in /etc/modules.order, waits
 # for the render node, prints the kernel lines about the device, runs
-# mali-guest-probe and powers the guest off. The host side (ci/e2e.sh)
-# reads the console for these markers:
+# mali-guest-probe and then mali-guest-tests, and powers the guest off. The
+# host side (ci/e2e.sh) reads the console for these markers:
 #
 #   GUEST-START kernel VERSION
 #   GUEST-MODULES loaded in N ms
 #   GUEST-ERROR ...             (setup problems)
 #   GUEST-DMESG ...             (selected kernel log lines)
 #   PROBE PASS|FAIL ...         (from mali-guest-probe)
+#   probe: N passed, M failed
+#   TEST PASS|FAIL ...          (from mali-guest-tests)
+#   guest-tests: N passed, M failed
+#   GUEST-TESTS rc=N            (the test suite's exit status)
 #   GUEST-DONE rc=N             (the probe's exit status)
 export PATH=/bin
 
@@ -46,6 +50,11 @@ dmesg | grep -E 'virtio_gpu|virtio-pci|\[drm|WARNING:|BUG:|Oops|Call Trace' |
     sed 's/^/GUEST-DMESG /'
 
 /bin/mali-guest-probe
-echo "GUEST-DONE rc=$?"
+probe_rc=$?
+
+# The suite runs even when a probe check failed: its cases say more.
+/bin/mali-guest-tests
+echo "GUEST-TESTS rc=$?"
+echo "GUEST-DONE rc=$probe_rc"
 
 poweroff -f

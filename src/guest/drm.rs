@@ -3,7 +3,7 @@
 use std::ffi::c_char;
 use std::os::fd::BorrowedFd;
 
-use super::ioctl::{ioctl_mut, iowr};
+use super::ioctl::{ioctl_mut, iow, iowr};
 use super::{Error, Result};
 
 /// The DRM ioctl type character (`DRM_IOCTL_BASE`).
@@ -128,6 +128,30 @@ pub(crate) fn driver_version(fd: BorrowedFd<'_>) -> Result<DriverVersion> {
     })
 }
 
+/// `struct drm_gem_close`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct DrmGemClose {
+    handle: u32,
+    pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<DrmGemClose>() == 8);
+
+/// `DRM_IOCTL_GEM_CLOSE`.
+const DRM_IOCTL_GEM_CLOSE: u32 = iow::<DrmGemClose>(DRM_IOCTL_BASE, 0x09);
+
+/// Drops the GEM handle `handle` of the DRM file `fd` (`DRM_IOCTL_GEM_CLOSE`).
+pub(crate) fn gem_close(fd: BorrowedFd<'_>, handle: u32) -> Result<()> {
+    let mut arg = DrmGemClose { handle, pad: 0 };
+    // SAFETY: `arg` is a `struct drm_gem_close`, the argument of
+    // DRM_IOCTL_GEM_CLOSE; it holds no pointers.
+    unsafe { ioctl_mut(fd, DRM_IOCTL_GEM_CLOSE, &mut arg) }.map_err(|source| Error::Ioctl {
+        ioctl: "DRM_IOCTL_GEM_CLOSE",
+        source,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
@@ -138,6 +162,7 @@ mod tests {
     fn version_request_number() {
         if cfg!(target_pointer_width = "64") {
             assert_eq!(DRM_IOCTL_VERSION, 0xc040_6400);
+            assert_eq!(DRM_IOCTL_GEM_CLOSE, 0x4008_6409);
         }
     }
 

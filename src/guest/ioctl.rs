@@ -44,6 +44,11 @@ const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
         | ((nr as u32) << IOC_NRSHIFT)
 }
 
+/// `_IOW(ty, nr, T)`: the argument is only read by the kernel.
+pub(crate) const fn iow<T>(ty: u8, nr: u8) -> u32 {
+    ioc(IOC_WRITE, ty, nr, std::mem::size_of::<T>())
+}
+
 /// `_IOWR(ty, nr, T)`: the argument is read and written by the kernel.
 pub(crate) const fn iowr<T>(ty: u8, nr: u8) -> u32 {
     ioc(IOC_READ | IOC_WRITE, ty, nr, std::mem::size_of::<T>())

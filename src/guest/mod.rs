@@ -7,7 +7,13 @@
 //! - `ioctl`: the Linux `_IOC` request encoding and a checked `ioctl(2)` call;
 //! - `drm`: the core DRM ioctls every driver answers (driver version);
 //! - [`virtgpu`]: the virtio-gpu driver's own ioctls
-//!   (`include/uapi/drm/virtgpu_drm.h`) behind the safe [`VirtGpu`] handle.
+//!   (`include/uapi/drm/virtgpu_drm.h`) behind the safe [`VirtGpu`] handle:
+//!   parameters and capsets, CONTEXT_INIT, buffer and blob resources, their
+//!   guest mappings ([`Mapping`]), EXECBUFFER with rings and sync_file
+//!   fences, and waiting on a sync_file ([`wait_sync_file`]);
+//! - [`session`]: [`NativeSession`], the project's native-context protocol
+//!   (`docs/protocol.md`) on top of that: response memory, INIT, batches of
+//!   commands and typed calls, in compat or full mode.
 //!
 //! Every kernel structure is an own `#[repr(C)]` type with a size assertion,
 //! and every request number is computed from the same rules as the kernel's
@@ -20,12 +26,16 @@ mod drm;
 #[cfg(target_os = "linux")]
 mod ioctl;
 #[cfg(target_os = "linux")]
+pub mod session;
+#[cfg(target_os = "linux")]
 pub mod virtgpu;
 
 #[cfg(target_os = "linux")]
 pub use drm::DriverVersion;
 #[cfg(target_os = "linux")]
-pub use virtgpu::{CapsetIdMask, Param, VirtGpu};
+pub use session::{Batch, Buffer, Job, Mode, NativeSession, SessionConfig, Slot};
+#[cfg(target_os = "linux")]
+pub use virtgpu::{wait_sync_file, CapsetIdMask, ExecBuffer, Mapping, Param, Resource, VirtGpu};
 
 /// Errors of the guest-side DRM helpers.
 #[cfg(target_os = "linux")]
@@ -57,6 +67,28 @@ pub enum Error {
         /// Length of the buffer that was passed.
         len: usize,
     },
+    /// A native-context command failed: its response's `ret`.
+    #[error("command seqno {seqno} failed with {ret}")]
+    Command {
+        /// Sequence number of the command.
+        seqno: u32,
+        /// The negative errno in its response.
+        ret: i32,
+    },
+    /// The device did not answer in time.
+    #[error("timed out waiting for {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+    },
+    /// A request the protocol does not allow was asked for.
+    #[error("{what}: {detail}")]
+    Protocol {
+        /// What was wrong.
+        what: &'static str,
+        /// Details.
+        detail: String,
+    },
     /// The kernel answered with something the uAPI does not allow.
     #[error("{ioctl}: unexpected answer: {detail}")]
     BadAnswer {
@@ -73,7 +105,11 @@ impl Error {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Error::Open { source, .. } | Error::Ioctl { source, .. } => source.raw_os_error(),
-            Error::BufferTooLarge { .. } | Error::BadAnswer { .. } => None,
+            Error::Command { ret, .. } => Some(-ret),
+            Error::BufferTooLarge { .. }
+            | Error::BadAnswer { .. }
+            | Error::Timeout { .. }
+            | Error::Protocol { .. } => None,
         }
     }
 }
