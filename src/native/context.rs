@@ -362,6 +362,12 @@ impl NativeContext {
                         }
                     };
                     let (ret, out) = self.run(cmd, &c, env, &rsp, tracker.as_ref());
+                    log::debug!(
+                        "native {} seqno {} -> {}",
+                        u::command_name(cmd).unwrap_or("?"),
+                        h.seqno,
+                        ret
+                    );
                     if ret != 0 {
                         crate::guest_warn!(
                             self.limiter,

@@ -216,6 +216,19 @@ pub fn on_event(
     batch: &Completions,
     ev: EngineEvent,
 ) {
+    match &ev {
+        EngineEvent::JobDone {
+            group,
+            queue,
+            seqno,
+            result,
+            ..
+        } => log::debug!("job done: group {group} queue {queue} seqno {seqno}: {result:?}"),
+        EngineEvent::BindDone { vm, result, .. } => {
+            log::debug!("bind done: vm {vm}: {result:?}")
+        }
+        _ => {}
+    }
     let (user_data, result) = match ev {
         EngineEvent::JobDone {
             user_data, result, ..
