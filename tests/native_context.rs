@@ -857,6 +857,27 @@ fn init_rules() {
     );
     let h: RspMemHeader = resp_as(&g.vmm.read_guest(rsp, 64).unwrap()).unwrap();
     assert_eq!((h.seqno, h.last_error), (8, -EINVAL));
+
+    // The response memory's resource goes away: the context is back to
+    // having none. Commands other than NOP and INIT are refused, and the
+    // released memory is never written again.
+    let before = g.vmm.read_guest(rsp, 4096).unwrap();
+    let unref = ResourceOnly {
+        hdr: hdr(cmd::RESOURCE_UNREF),
+        resource_id: 1,
+        padding: 0,
+    };
+    assert_eq!(g.ctrl_code(&unref).unwrap(), cmd::RESP_OK_NODATA);
+    let vm = encode(&VmCreateReq::default(), 9, 0x80);
+    assert_eq!(
+        g.submit_3d(ctx_hdr(0, 1), &vm).unwrap(),
+        cmd::RESP_ERR_INVALID_PARAMETER
+    );
+    assert_eq!(
+        g.submit_3d(ctx_hdr(0, 1), &encode_nop_cmd()).unwrap(),
+        cmd::RESP_OK_NODATA
+    );
+    assert_eq!(g.vmm.read_guest(rsp, 4096).unwrap(), before);
     drop(g);
     common::finish(d);
 }
