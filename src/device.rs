@@ -105,25 +105,11 @@ impl Completer {
         }
         Ok(())
     }
-
-    fn complete_fence(&self, timeline: Timeline, fence_id: u64) -> io::Result<()> {
-        let ready = lock(&self.fences).complete(timeline, fence_id);
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let vring = lock(&self.control_vring).clone();
-        match vring {
-            Some(v) => self.return_chains(&v, &ready),
-            None => Ok(()),
-        }
-    }
 }
 
 impl FenceSink for Completer {
     fn complete(&self, timeline: Timeline, fence_id: u64) {
-        if let Err(e) = self.complete_fence(timeline, fence_id) {
-            warn!("completing fence {fence_id} on {timeline:?}: {e}");
-        }
+        self.complete_many(&[(timeline, fence_id)]);
     }
 
     /// One lock of the fence rings for all of them, then every released
@@ -227,21 +213,9 @@ impl GpuDevice {
         }
     }
 
-    /// Number of fenced chains held back for ordering.
-    pub fn pending_fences(&self) -> usize {
-        lock(&self.completer.fences).pending()
-    }
-
     /// Number of requests handled so far.
     pub fn commands_handled(&self) -> u64 {
         self.commands.load(Ordering::Relaxed)
-    }
-
-    /// Marks the work behind `fence_id` on `timeline` complete and returns
-    /// every chain of that timeline that may now complete. Safe to call from
-    /// any thread.
-    pub fn complete_fence(&self, timeline: Timeline, fence_id: u64) -> io::Result<()> {
-        self.completer.complete_fence(timeline, fence_id)
     }
 
     fn config_bytes(&self) -> VirtioGpuConfig {
