@@ -1970,3 +1970,122 @@ fn kernel_memory_is_per_vm() {
     drop(n);
     common::finish(d);
 }
+
+/// VM_ADD_KERNEL_MEMORY maps the whole BO at `kernel_va` (a stream reads a
+/// word where no kernel object lives), and the BO goes back to the guest
+/// with its VM: BO_DESTROY refuses it while a group keeps the destroyed VM
+/// alive and takes it once the group is gone. A BO exclusive to a
+/// destroyed VM is not mappable in a new VM that reuses the id.
+#[test]
+fn kernel_memory_mapped_whole_and_released_with_its_vm() {
+    const KSIZE: u64 = 64 << 10;
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, false), 1, false);
+    let kaddr = n.resource(16 + 6, KSIZE, false);
+    n.resource(16 + 7, 4096, false);
+    let magic = 0x0bad_cafe_feed_f00d_u64;
+    n.g.vmm
+        .write_guest(GuestAddress(kaddr.0 + KSIZE - 8), &magic.to_le_bytes())
+        .unwrap();
+    let bo = |res_id, handle, exclusive_vm_id| {
+        encode(
+            &BoCreateReq {
+                res_id,
+                flags: 0,
+                exclusive_vm_id,
+                handle,
+            },
+            0,
+            0,
+        )
+    };
+    let vm = |id| {
+        encode(
+            &VmCreateReq {
+                flags: 0,
+                id,
+                user_va_range: 0,
+            },
+            0,
+            0,
+        )
+    };
+    let vm_destroy = |id| encode(&VmDestroyReq { id, pad: 0 }, 0, 0);
+    let bo_destroy = |handle| encode(&BoDestroyReq { handle, pad: 0 }, 0, 0);
+    let (buf, slots) = n.number(&[
+        vm(2),
+        bo(16 + 6, 3, 2),
+        encode(
+            &VmAddKernelMemoryReq {
+                vm_id: 2,
+                bo_handle: 3,
+            },
+            0,
+            0,
+        ),
+        bind_cmd(2, 0, &[map_op(1, 0, DATA_VA, DATA_SIZE)], &[]),
+        group_cmd(2, 5, 1, &[0]),
+        bo_destroy(3),
+    ]);
+    assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
+    let rets: Vec<i32> = slots.iter().map(|&o| n.rsp_at::<RspHdr>(o).ret).collect();
+    assert_eq!(rets, vec![0, 0, 0, 0, 0, -EBUSY]);
+    let k: VmAddKernelMemoryRsp = n.rsp_at(slots[2]);
+    assert_eq!(k.pool_size, KSIZE);
+    // The group's objects (4 KiB of sequence objects, a 4 KiB ring) sit at
+    // the start of the BO; its last word is reachable all the same.
+    let s = stream(|b| {
+        b.move48(0, k.kernel_va + KSIZE - 8);
+        b.load_multiple(2, 0b11, 0, 0);
+        b.move48(4, DATA_VA + 0x3000);
+        b.store_multiple(2, 0b11, 4, 0);
+        b.pad_to(8);
+    });
+    n.write_data(0x1000, &s);
+    let (buf, slots) = n.number(&[submit_cmd(
+        5,
+        &[(0, DATA_VA + 0x1000, s.len() as u32, vec![])],
+    )]);
+    assert_eq!(n.submit(&buf, Some((7, None))), cmd::RESP_OK_NODATA);
+    let sub: GroupSubmitRsp = n.rsp_at(slots[0]);
+    assert_eq!(
+        sub.completion,
+        Completion {
+            state: COMPLETION_DONE,
+            result: 0
+        }
+    );
+    assert_eq!(n.data_word(0x3000), magic as u32);
+    assert_eq!(n.data_word(0x3004), (magic >> 32) as u32);
+    // The group keeps the destroyed VM, and so its kernel memory.
+    let rets = n.run(&[
+        vm_destroy(2),
+        bo_destroy(3),
+        encode(&GroupDestroyReq { handle: 5, pad: 0 }, 0, 0),
+        bo_destroy(3),
+    ]);
+    assert_eq!(rets, vec![0, -EBUSY, 0, 0]);
+    // Without groups, VM_DESTROY gives the memory back at once; a BO
+    // exclusive to the old VM 3 stays out of the new VM 3.
+    let rets = n.run(&[
+        vm(3),
+        bo(16 + 6, 3, 3),
+        encode(
+            &VmAddKernelMemoryReq {
+                vm_id: 3,
+                bo_handle: 3,
+            },
+            0,
+            0,
+        ),
+        bo(16 + 7, 4, 3),
+        vm_destroy(3),
+        bo_destroy(3),
+        vm(3),
+        bind_cmd(3, 0, &[map_op(4, 0, DATA_VA, 4096)], &[]),
+        bind_cmd(3, 0, &[map_op(3, 0, DATA_VA, 4096)], &[]),
+    ]);
+    assert_eq!(rets, vec![0, 0, 0, 0, 0, 0, 0, -EINVAL, -EINVAL]);
+    drop(n);
+    common::finish(d);
+}

@@ -99,8 +99,12 @@ struct BoEntry {
     res_id: u32,
     bo: Arc<Bo>,
     ranges: Vec<GuestRange>,
-    exclusive_vm: u32,
-    kernel_of: Option<u32>,
+    /// The VM the BO is exclusive to (the object, not its id, which a
+    /// later VM_CREATE may reuse).
+    exclusive: Option<VmKey>,
+    /// Its pool id, once given as kernel memory (it stays kernel memory
+    /// while the pool holds that id).
+    kernel_of: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -265,8 +269,9 @@ impl NativeContext {
             let Some(b) = self.bos.remove(&h) else {
                 continue;
             };
-            let kernel = if b.kernel_of.is_some() {
-                self.pool.lock().revoke(&b.ranges);
+            // Still kernel memory: its VM must not use it any more.
+            let was_kernel = b.kernel_of.is_some_and(|id| self.pool.lock().remove(id));
+            let kernel = if was_kernel {
                 b.ranges.clone()
             } else {
                 Vec::new()
@@ -807,14 +812,17 @@ impl NativeContext {
             return Err(EINVAL);
         }
         let bo = self.bos.get(&r.bo_handle).ok_or(EINVAL)?;
-        if bo.kernel_of.is_some() {
+        if self.is_kernel_memory(bo) {
             return Err(EBUSY);
         }
-        if bo.exclusive_vm != 0 && bo.exclusive_vm != r.vm_id {
+        let vm_key = self.vms.get(&r.vm_id).map(|v| v.key).ok_or(EINVAL)?;
+        if bo.exclusive.is_some_and(|k| k != vm_key) {
             return Err(EINVAL);
         }
         let size = bo.bo.size();
         let ranges = bo.ranges.clone();
+        let gpu_bo = bo.bo.clone();
+        let engine = self.engine.as_ref().ok_or(EINVAL)?;
         let vm = self.vms.get_mut(&r.vm_id).ok_or(EINVAL)?;
         if vm.kernel_bos >= u::MAX_KERNEL_MEMORY_BOS_PER_VM {
             return Err(ENOSPC);
@@ -825,18 +833,23 @@ impl NativeContext {
         if end > VA_SPACE - vm.kernel_start {
             return Err(ENOSPC);
         }
+        let kernel_va = vm.kernel_start + off;
+        // A BO mapped in some VM is refused here (-EBUSY), as is a range
+        // outside the kernel window.
+        engine
+            .map_kernel_memory(vm.engine, gpu_bo, kernel_va)
+            .map_err(eng)?;
         vm.kernel_next = end;
         vm.kernel_bos += 1;
         vm.pool_size += size;
-        let kernel_va = vm.kernel_start + off;
         let pool_size = vm.pool_size;
         let key = vm.key;
         let mut pool = self.pool.lock();
-        pool.add(key, ranges, size);
+        let id = pool.add(key, ranges, size, kernel_va);
         let pool_free = pool.free_bytes_of(key).min(pool_size);
         drop(pool);
         if let Some(b) = self.bos.get_mut(&r.bo_handle) {
-            b.kernel_of = Some(r.vm_id);
+            b.kernel_of = Some(id);
         }
         Ok(u::VmAddKernelMemoryRsp {
             kernel_va,
@@ -885,9 +898,10 @@ impl NativeContext {
         if self.bos.values().any(|b| b.res_id == r.res_id) {
             return Err(EEXIST);
         }
-        if r.exclusive_vm_id != 0 && !self.vms.contains_key(&r.exclusive_vm_id) {
-            return Err(EINVAL);
-        }
+        let exclusive = match r.exclusive_vm_id {
+            0 => None,
+            id => Some(self.vms.get(&id).ok_or(EINVAL)?.key),
+        };
         let handle = pick_id(&self.bos, r.handle, u::MAX_BOS, ENOMEM)?;
         let guard = env.mem.memory();
         let bo = Bo::new(ranges.iter().copied(), &*guard, None, &BoLimits::default())
@@ -898,7 +912,7 @@ impl NativeContext {
                 res_id: r.res_id,
                 bo: Arc::new(bo),
                 ranges,
-                exclusive_vm: r.exclusive_vm_id,
+                exclusive,
                 kernel_of: None,
             },
         );
@@ -915,11 +929,17 @@ impl NativeContext {
             return Err(EINVAL);
         }
         let bo = self.bos.get(&r.handle).ok_or(EINVAL)?;
-        if bo.kernel_of.is_some() {
+        if self.is_kernel_memory(bo) {
             return Err(EBUSY);
         }
         self.bos.remove(&r.handle);
         Ok(())
+    }
+
+    /// Whether a BO is kernel memory: given with VM_ADD_KERNEL_MEMORY, and
+    /// its VM not gone yet.
+    fn is_kernel_memory(&self, b: &BoEntry) -> bool {
+        b.kernel_of.is_some_and(|id| self.pool.lock().holds(id))
     }
 
     /// Resolves a guest sync op to the engine's.
@@ -941,12 +961,11 @@ impl NativeContext {
     }
 
     fn bind_lookup(&self, vm_id: u32) -> impl Fn(u32) -> Option<Arc<Bo>> + '_ {
+        let key = self.vms.get(&vm_id).map(|v| v.key);
         move |h| {
             self.bos
                 .get(&h)
-                .filter(|b| {
-                    b.kernel_of.is_none() && (b.exclusive_vm == 0 || b.exclusive_vm == vm_id)
-                })
+                .filter(|b| !self.is_kernel_memory(b) && b.exclusive.is_none_or(|k| Some(k) == key))
                 .map(|b| b.bo.clone())
         }
     }

@@ -4,9 +4,12 @@
 //!
 //! The pool is shared between the context (which adds BOs) and its engine
 //! thread (which allocates), behind a mutex. Each BO belongs to the VM it
-//! was given to, and an object of a VM comes from that VM's BOs only.
-//! Allocation is first-fit at 4 KiB granularity inside one BO; an object
-//! never spans two BOs.
+//! was given to, is mapped as a whole in that VM's kernel window when it is
+//! given, and an object of a VM comes from that VM's BOs only, at the VA
+//! where its bytes are mapped. Allocation is first-fit at 4 KiB granularity
+//! inside one BO; an object never spans two BOs. A BO leaves the pool when
+//! the guest takes its memory back (revocation) or when its VM is gone
+//! (destroyed and its last group with it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -22,8 +25,8 @@ struct PoolBo {
     vm: VmKey,
     ranges: Vec<GuestRange>,
     size: u64,
-    /// Revoked: nothing more is allocated from it or given back to it.
-    dead: bool,
+    /// Where the whole BO is mapped in the VM's kernel window.
+    va: u64,
     /// Free extents: BO offset → length.
     free: BTreeMap<u64, u64>,
 }
@@ -31,24 +34,40 @@ struct PoolBo {
 /// The pool state.
 #[derive(Debug, Default)]
 pub struct Pool {
-    bos: Vec<PoolBo>,
-    /// First guest address of an allocation → (BO index, offset, size).
-    live: HashMap<u64, (usize, u64, u64)>,
+    /// The BOs given and not taken back, by pool id.
+    bos: BTreeMap<u64, PoolBo>,
+    next_id: u64,
+    /// Live objects, by the address of their [`Bo`] (unique while the
+    /// object lives): (pool id, offset, size).
+    live: HashMap<usize, (u64, u64, u64)>,
     size: u64,
     used: u64,
 }
 
 impl Pool {
-    /// Adds a BO's pages (4 KiB aligned ranges) to the pool of `vm`.
-    pub fn add(&mut self, vm: VmKey, ranges: Vec<GuestRange>, size: u64) {
-        self.bos.push(PoolBo {
-            vm,
-            ranges,
-            size,
-            dead: false,
-            free: BTreeMap::from([(0, size)]),
-        });
+    /// Adds a BO's pages (4 KiB aligned ranges), mapped as a whole at `va`
+    /// of `vm`'s kernel window, to the pool of `vm`; returns its pool id.
+    pub fn add(&mut self, vm: VmKey, ranges: Vec<GuestRange>, size: u64, va: u64) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.bos.insert(
+            id,
+            PoolBo {
+                vm,
+                ranges,
+                size,
+                va,
+                free: BTreeMap::from([(0, size)]),
+            },
+        );
         self.size = self.size.saturating_add(size);
+        id
+    }
+
+    /// Whether the BO of pool id `id` is still kernel memory (neither its
+    /// VM is gone nor was it revoked).
+    pub fn holds(&self, id: u64) -> bool {
+        self.bos.contains_key(&id)
     }
 
     /// Bytes in the pool.
@@ -59,32 +78,41 @@ impl Pool {
     /// Bytes of `vm`'s BOs not allocated.
     pub fn free_bytes_of(&self, vm: VmKey) -> u64 {
         self.bos
-            .iter()
-            .filter(|b| b.vm == vm && !b.dead)
+            .values()
+            .filter(|b| b.vm == vm)
             .flat_map(|b| b.free.values())
             .fold(0u64, |a, &l| a.saturating_add(l))
     }
 
-    /// The guest took back the BO over `ranges`: nothing is allocated from
-    /// it any more, and its bytes leave the pool (objects still living in
-    /// it are freed into nothing). Returns whether such a BO was found.
-    pub fn revoke(&mut self, ranges: &[GuestRange]) -> bool {
-        let Some(i) = self.bos.iter().position(|b| !b.dead && b.ranges == ranges) else {
+    /// Takes the BO of pool id `id` out: nothing is allocated from it any
+    /// more and its bytes leave the pool (objects still living in it are
+    /// freed into nothing). Returns whether it was there.
+    pub fn remove(&mut self, id: u64) -> bool {
+        let Some(b) = self.bos.remove(&id) else {
             return false;
         };
-        let b = &mut self.bos[i];
-        b.dead = true;
-        b.free.clear();
-        let size = b.size;
         let live: u64 = self
             .live
             .values()
-            .filter(|&&(idx, _, _)| idx == i)
+            .filter(|&&(i, _, _)| i == id)
             .map(|&(_, _, s)| s)
             .sum();
         self.used = self.used.saturating_sub(live);
-        self.size = self.size.saturating_sub(size);
+        self.size = self.size.saturating_sub(b.size);
         true
+    }
+
+    /// Takes every BO of `vm` out (the VM is gone).
+    pub fn remove_vm(&mut self, vm: VmKey) {
+        let ids: Vec<u64> = self
+            .bos
+            .iter()
+            .filter(|(_, b)| b.vm == vm)
+            .map(|(&i, _)| i)
+            .collect();
+        for id in ids {
+            self.remove(id);
+        }
     }
 
     /// Bytes not allocated.
@@ -130,42 +158,43 @@ impl KernelMemory for SharedPool {
             return Err(KernelMemoryError::InvalidSize(size));
         }
         let mut pool = self.lock();
-        let found = pool.bos.iter().enumerate().find_map(|(i, b)| {
-            if b.vm != vm || b.dead {
+        let found = pool.bos.iter().find_map(|(&id, b)| {
+            if b.vm != vm {
                 return None;
             }
             b.free
                 .iter()
                 .find(|(_, &l)| l >= size)
-                .map(|(&o, &l)| (i, o, l))
+                .map(|(&o, &l)| (id, o, l))
         });
-        let (index, off, len) = found.ok_or(KernelMemoryError::Exhausted(size))?;
-        let ranges = slice_ranges(&pool.bos[index].ranges, off, size);
-        let bo = Bo::new(ranges, mem, None, &BoLimits::default()).map_err(KernelMemoryError::Bo)?;
-        let first = bo.ranges().first().map(|r| r.addr.0).unwrap_or(0);
-        let b = &mut pool.bos[index];
+        let (id, off, len) = found.ok_or(KernelMemoryError::Exhausted(size))?;
+        let Some(b) = pool.bos.get_mut(&id) else {
+            return Err(KernelMemoryError::Exhausted(size));
+        };
+        let ranges = slice_ranges(&b.ranges, off, size);
+        let bo = Arc::new(
+            Bo::new(ranges, mem, None, &BoLimits::default()).map_err(KernelMemoryError::Bo)?,
+        );
         b.free.remove(&off);
         if len > size {
             b.free.insert(off + size, len - size);
         }
-        pool.live.insert(first, (index, off, size));
+        pool.live.insert(Arc::as_ptr(&bo) as usize, (id, off, size));
         pool.used += size;
-        Ok(Arc::new(bo))
+        Ok(bo)
     }
 
     fn free(&mut self, bo: Arc<Bo>) {
-        let Some(first) = bo.ranges().first().map(|r| r.addr.0) else {
-            return;
-        };
         let mut pool = self.lock();
-        let Some((index, mut off, mut len)) = pool.live.remove(&first) else {
+        let Some((id, mut off, mut len)) = pool.live.remove(&(Arc::as_ptr(&bo) as usize)) else {
             return;
         };
-        if pool.bos.get(index).is_none_or(|b| b.dead) {
+        // A BO taken out of the pool gets nothing back.
+        if !pool.bos.contains_key(&id) {
             return;
         }
         pool.used = pool.used.saturating_sub(len);
-        let Some(b) = pool.bos.get_mut(index) else {
+        let Some(b) = pool.bos.get_mut(&id) else {
             return;
         };
         if let Some((&p, &pl)) = b.free.range(..off).next_back() {
@@ -179,6 +208,16 @@ impl KernelMemory for SharedPool {
             len += nl;
         }
         b.free.insert(off, len);
+    }
+
+    fn mapped_at(&self, bo: &Bo) -> Option<u64> {
+        let pool = self.lock();
+        let &(id, off, _) = pool.live.get(&(bo as *const Bo as usize))?;
+        pool.bos.get(&id).and_then(|b| b.va.checked_add(off))
+    }
+
+    fn vm_gone(&mut self, vm: VmKey) {
+        self.lock().remove_vm(vm);
     }
 }
 
@@ -201,8 +240,10 @@ mod tests {
                 GuestRange::new(0x8_0000, 0x2000),
             ],
             0x4000,
+            0xff00_0000,
         );
         let a = pool.alloc(&mem, vm, 0x3000).unwrap();
+        assert_eq!(pool.mapped_at(&a), Some(0xff00_0000));
         assert_eq!(
             a.ranges(),
             &[
@@ -213,6 +254,7 @@ mod tests {
         assert!(pool.alloc(&mem, vm, 0x2000).is_err(), "no room left");
         let b = pool.alloc(&mem, vm, 0x1000).unwrap();
         assert_eq!(b.ranges(), &[GuestRange::new(0x8_1000, 0x1000)]);
+        assert_eq!(pool.mapped_at(&b), Some(0xff00_3000), "BO VA + offset");
         assert_eq!(pool.lock().free_bytes(), 0);
         pool.free(a);
         pool.free(b);
@@ -227,12 +269,15 @@ mod tests {
         let vm = VmKey::new_unique();
         let r1 = vec![GuestRange::new(0x1_0000, 0x2000)];
         let r2 = vec![GuestRange::new(0x4_0000, 0x2000)];
-        pool.lock().add(vm, r1.clone(), 0x2000);
-        pool.lock().add(vm, r2.clone(), 0x2000);
+        let id1 = pool.lock().add(vm, r1.clone(), 0x2000, 0);
+        let id2 = pool.lock().add(vm, r2.clone(), 0x2000, 0x2000);
         let a = pool.alloc(&mem, vm, 0x1000).unwrap();
         assert_eq!(a.ranges(), &[GuestRange::new(0x1_0000, 0x1000)]);
-        assert!(pool.lock().revoke(&r1));
-        assert!(!pool.lock().revoke(&r1), "once");
+        assert!(pool.lock().remove(id1));
+        assert!(!pool.lock().remove(id1), "once");
+        let p = pool.lock();
+        assert!(!p.holds(id1) && p.holds(id2));
+        drop(p);
         let (size, free) = {
             let p = pool.lock();
             (p.size(), p.free_bytes())
@@ -255,9 +300,9 @@ mod tests {
         let mut pool = SharedPool::default();
         let (a, b) = (VmKey::new_unique(), VmKey::new_unique());
         pool.lock()
-            .add(a, vec![GuestRange::new(0x1_0000, 0x2000)], 0x2000);
+            .add(a, vec![GuestRange::new(0x1_0000, 0x2000)], 0x2000, 0);
         pool.lock()
-            .add(b, vec![GuestRange::new(0x4_0000, 0x1000)], 0x1000);
+            .add(b, vec![GuestRange::new(0x4_0000, 0x1000)], 0x1000, 0);
         assert!(pool.alloc(&mem, b, 0x2000).is_err(), "not from A's memory");
         let x = pool.alloc(&mem, b, 0x1000).unwrap();
         assert_eq!(x.ranges(), &[GuestRange::new(0x4_0000, 0x1000)]);
@@ -273,5 +318,27 @@ mod tests {
             pool.alloc(&mem, VmKey::new_unique(), 0x1000).is_err(),
             "a VM without memory"
         );
+    }
+
+    #[test]
+    fn a_gone_vm_takes_its_bos_out() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut pool = SharedPool::default();
+        let (a, b) = (VmKey::new_unique(), VmKey::new_unique());
+        let ia = pool
+            .lock()
+            .add(a, vec![GuestRange::new(0x1_0000, 0x2000)], 0x2000, 0);
+        let ib = pool
+            .lock()
+            .add(b, vec![GuestRange::new(0x4_0000, 0x1000)], 0x1000, 0);
+        let x = pool.alloc(&mem, a, 0x1000).unwrap();
+        pool.free(x);
+        pool.vm_gone(a);
+        let p = pool.lock();
+        assert!(!p.holds(ia) && p.holds(ib));
+        assert_eq!((p.size(), p.free_bytes()), (0x1000, 0x1000));
+        drop(p);
+        assert!(pool.alloc(&mem, a, 0x1000).is_err(), "nothing left for A");
+        assert!(pool.alloc(&mem, b, 0x1000).is_ok());
     }
 }

@@ -168,6 +168,12 @@ pub(crate) enum Command {
         vm: u32,
         reply: Reply<VmKey>,
     },
+    MapKernelMemory {
+        vm: u32,
+        bo: Arc<Bo>,
+        va: u64,
+        reply: Reply<()>,
+    },
     VmBind {
         vm: u32,
         ops: Vec<BindRequest>,

@@ -260,6 +260,13 @@ impl Engine {
         self.call(|reply| Command::VmKey { vm, reply })
     }
 
+    /// Maps all of `bo` at `va` in the kernel window of `vm`, for a
+    /// [`KernelMemory`] whose memory is mapped as a whole
+    /// ([`KernelMemory::mapped_at`]).
+    pub fn map_kernel_memory(&self, vm: u32, bo: Arc<Bo>, va: u64) -> Result<(), EngineError> {
+        self.call(|reply| Command::MapKernelMemory { vm, bo, va, reply })
+    }
+
     /// VM_BIND, synchronous or asynchronous.
     pub fn vm_bind(
         &self,

@@ -216,6 +216,10 @@ where
             Command::VmKey { vm, reply } => {
                 let _ = reply.send(self.fw.vm(vm).map(GpuVm::key).map_err(Into::into));
             }
+            Command::MapKernelMemory { vm, bo, va, reply } => {
+                let r = self.fw.vm_map_kernel_memory(vm, &bo, va);
+                let _ = reply.send(r.map_err(Into::into));
+            }
             Command::VmBind {
                 vm,
                 ops,

@@ -104,6 +104,10 @@ pub enum FwError {
     /// more render passes are in flight than its target.
     #[error("tiler heap cannot grow now")]
     HeapBusy,
+
+    /// A BO to be mapped as kernel memory is mapped in a VM already.
+    #[error("the BO is mapped in a VM")]
+    BoMapped,
 }
 
 impl FwError {
@@ -118,7 +122,8 @@ impl FwError {
             FwError::TooManyVms(_)
             | FwError::TooManyGroups(_)
             | FwError::TooManyHeaps
-            | FwError::HeapBusy => libc::EBUSY,
+            | FwError::HeapBusy
+            | FwError::BoMapped => libc::EBUSY,
             FwError::QueueFull => libc::EAGAIN,
             FwError::KernelMemory(_) => libc::ENOMEM,
             FwError::Vm(e) => e.errno(),

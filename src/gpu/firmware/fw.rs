@@ -25,7 +25,7 @@ use super::sched::Scheduler;
 use super::vms::Vms;
 use crate::gpu::cs::disassemble;
 use crate::gpu::interp::{Block, CsLimits, ExecEnv, Stop, StreamState};
-use crate::gpu::mmu::{Bo, Fault, GpuVm, GuestRange, VmKey, VmState};
+use crate::gpu::mmu::{Bo, Fault, GpuVm, GuestRange, MapFlags, VmKey, VmState};
 use crate::gpu::model::GpuModel;
 use crate::gpu::sync::FenceResult;
 use crate::guest_warn;
@@ -199,7 +199,29 @@ impl<K: KernelMemory> Firmware<K> {
     pub fn vm_destroy(&mut self, handle: u32) -> Result<(), FwError> {
         let entry = self.vms.by_handle_mut(handle)?;
         entry.heaps.clear(&mut self.kmem, &mut entry.vm);
-        self.vms.destroy(handle)
+        if let Some(key) = self.vms.destroy(handle)? {
+            self.kmem.vm_gone(key);
+        }
+        Ok(())
+    }
+
+    /// Maps all of `bo` NOEXEC | UNCACHED at `va` in the kernel window of
+    /// VM `handle`: memory of a [`KernelMemory`] that maps its memory as a
+    /// whole ([`KernelMemory::mapped_at`]).
+    /// A BO mapped in any VM is refused ([`FwError::BoMapped`]).
+    pub fn vm_map_kernel_memory(
+        &mut self,
+        handle: u32,
+        bo: &Arc<Bo>,
+        va: u64,
+    ) -> Result<(), FwError> {
+        self.vms.key(handle)?;
+        if self.vms.iter_mut().any(|(_, e)| e.vm.maps_bo(bo)) {
+            return Err(FwError::BoMapped);
+        }
+        let vm = self.vm_mut(handle)?;
+        vm.map_kernel(bo, 0, va, bo.size(), MapFlags::NOEXEC | MapFlags::UNCACHED)?;
+        Ok(())
     }
 
     /// The VM behind a handle.
@@ -246,10 +268,10 @@ impl<K: KernelMemory> Firmware<K> {
         bo.revoke();
         let mut failed = Vec::new();
         for (key, e) in self.vms.iter_mut() {
-            e.vm.unmap_bo(bo);
             if !kernel.is_empty() && e.vm.kernel_uses(kernel) {
                 failed.push(key);
             }
+            e.vm.unmap_bo(bo);
         }
         for key in failed {
             self.fail_vm(mem, key);
@@ -386,7 +408,9 @@ impl<K: KernelMemory> Firmware<K> {
             }
             g.syncobjs.release(&mut self.kmem, &mut e.vm);
         }
-        self.vms.release(g.vm);
+        if self.vms.release(g.vm) {
+            self.kmem.vm_gone(g.vm);
+        }
     }
 
     /// GROUP_GET_STATE.
@@ -766,6 +790,7 @@ impl<K: KernelMemory> Firmware<K> {
             if let Some(e) = self.vms.get_mut(key) {
                 e.heaps.clear(&mut self.kmem, &mut e.vm);
             }
+            self.kmem.vm_gone(key);
         }
         self.vms = Vms::new(self.config.max_vms, self.config.max_mapped_bytes);
         self.sched = Scheduler::new(self.model.csif_info.csg_slot_count as usize);

@@ -9,8 +9,9 @@
 //!
 //! A [`KernelObject`] is one such allocation, zeroed before use (no stale
 //! bytes from an earlier owner reach the GPU or the guest) and mapped
-//! NOEXEC | UNCACHED at a free VA of the kernel window, as Panthor maps
-//! them. [`PageAllocator`] is a first-fit allocator over one guest-physical
+//! NOEXEC | UNCACHED in the kernel window, as Panthor maps them: at a free
+//! VA by the object itself, or where the allocator mapped its whole
+//! memory ([`KernelMemory::mapped_at`]). [`PageAllocator`] is a first-fit allocator over one guest-physical
 //! range, for tests and for a context that reserves a single region.
 
 use std::collections::BTreeMap;
@@ -33,6 +34,21 @@ pub trait KernelMemory {
 
     /// Gives back memory [`KernelMemory::alloc`] returned.
     fn free(&mut self, bo: Arc<Bo>);
+
+    /// Where `bo`, which [`KernelMemory::alloc`] returned for `vm`, is
+    /// already mapped in that VM's kernel window: an allocator whose memory
+    /// is mapped there as a whole (the native context maps every
+    /// kernel-memory BO when the guest gives it) answers the VA of the
+    /// object's first byte, and the firmware does not map the object
+    /// again. `None` (the default): the firmware maps each object itself.
+    fn mapped_at(&self, _bo: &Bo) -> Option<u64> {
+        None
+    }
+
+    /// The VM object `vm` is gone (destroyed, and its last group with it):
+    /// none of its kernel objects is left, and memory kept for it can go
+    /// back to its owner.
+    fn vm_gone(&mut self, _vm: VmKey) {}
 }
 
 /// A first-fit page allocator over the guest-physical range
@@ -150,12 +166,17 @@ pub struct KernelObject {
     bo: Arc<Bo>,
     va: u64,
     size: u64,
+    /// Mapped by [`KernelObject::create`] (not by the allocator), so
+    /// unmapped by [`KernelObject::release`].
+    own_mapping: bool,
 }
 
 impl KernelObject {
-    /// Allocates `size` bytes (rounded up to pages), zeroes them and maps
-    /// them NOEXEC | UNCACHED at a free VA of `vm`'s kernel window. On
-    /// failure nothing stays allocated or mapped.
+    /// Allocates `size` bytes (rounded up to pages), zeroes them and, unless
+    /// the allocator's memory is mapped already
+    /// ([`KernelMemory::mapped_at`]), maps them NOEXEC | UNCACHED at a free
+    /// VA of `vm`'s kernel window. On failure nothing stays allocated or
+    /// mapped.
     pub fn create<M, K>(kmem: &mut K, vm: &mut GpuVm, mem: &M, size: u64) -> Result<Self, FwError>
     where
         M: GuestMemoryBackend + ?Sized,
@@ -171,8 +192,21 @@ impl KernelObject {
             kmem.free(bo);
             return Err(e.into());
         }
+        if let Some(va) = kmem.mapped_at(&bo) {
+            return Ok(Self {
+                bo,
+                va,
+                size,
+                own_mapping: false,
+            });
+        }
         match vm.map_kernel_auto(&bo, 0, size, MapFlags::NOEXEC | MapFlags::UNCACHED) {
-            Ok(va) => Ok(Self { bo, va, size }),
+            Ok(va) => Ok(Self {
+                bo,
+                va,
+                size,
+                own_mapping: true,
+            }),
             Err(e) => {
                 kmem.free(bo);
                 Err(e.into())
@@ -190,11 +224,14 @@ impl KernelObject {
         self.size
     }
 
-    /// Unmaps the object from `vm` and gives its memory back.
+    /// Unmaps the object from `vm` (if it mapped itself) and gives its
+    /// memory back.
     pub fn release<K: KernelMemory>(self, kmem: &mut K, vm: &mut GpuVm) {
-        // The range was mapped by `create`; unmapping a kernel range only
-        // fails for malformed ranges.
-        let _ = vm.unmap_kernel(self.va, self.size);
+        if self.own_mapping {
+            // The range was mapped by `create`; unmapping a kernel range
+            // only fails for malformed ranges.
+            let _ = vm.unmap_kernel(self.va, self.size);
+        }
         kmem.free(self.bo);
     }
 }

@@ -100,19 +100,22 @@ impl Vms {
     }
 
     /// A group stops using the VM; the object goes once it has neither
-    /// users nor a handle.
-    pub fn release(&mut self, key: VmKey) {
+    /// users nor a handle. Returns whether it went.
+    pub fn release(&mut self, key: VmKey) -> bool {
         if let Some(e) = self.entries.get_mut(&key) {
             e.users = e.users.saturating_sub(1);
             if e.users == 0 && e.handle.is_none() {
                 self.entries.remove(&key);
+                return true;
             }
         }
+        false
     }
 
     /// VM_DESTROY: frees the handle and unmaps the user range. The caller
     /// destroys the heaps first (it holds the kernel-memory allocator).
-    pub fn destroy(&mut self, handle: u32) -> Result<(), FwError> {
+    /// Returns the VM's key if the object went too (no group used it).
+    pub fn destroy(&mut self, handle: u32) -> Result<Option<VmKey>, FwError> {
         let key = self
             .handles
             .remove(&handle)
@@ -130,9 +133,10 @@ impl Vms {
             }
             if e.users == 0 {
                 self.entries.remove(&key);
+                return Ok(Some(key));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Every VM object (for teardown).

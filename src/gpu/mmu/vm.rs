@@ -850,13 +850,18 @@ impl GpuVm {
         Ok(())
     }
 
-    /// Removes every user mapping of `bo` (its memory was revoked); returns
-    /// the bytes unmapped.
+    /// Whether any mapping of the VM, user or kernel, is of `bo`.
+    pub fn maps_bo(&self, bo: &Arc<Bo>) -> bool {
+        self.mappings.values().any(|m| Arc::ptr_eq(&m.bo, bo))
+    }
+
+    /// Removes every mapping of `bo`, user or kernel (its memory was
+    /// revoked); returns the bytes unmapped.
     pub fn unmap_bo(&mut self, bo: &Arc<Bo>) -> u64 {
         let ranges: Vec<(u64, u64)> = self
             .mappings
             .values()
-            .filter(|m| !m.kernel && Arc::ptr_eq(&m.bo, bo))
+            .filter(|m| Arc::ptr_eq(&m.bo, bo))
             .map(|m| (m.va, m.size))
             .collect();
         for &(va, size) in &ranges {
