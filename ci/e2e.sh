@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
 # End-to-end boot test: a real QEMU (TCG) and Debian's 6.1 guest kernel
-# against the vhost-user daemon.
+# against the vhost-user daemon, in compat mode (stock QEMU) and full mode
+# (QEMU with qemu-configs/0001-*.patch).
 #
-#   ci/e2e.sh [--daemon PATH] [--boots N] [--timeout SECONDS] [--daemon-arg ARG]...
+#   ci/e2e.sh [--daemon PATH] [--boots N] [--modes LIST] [--timeout SECONDS]
+#             [--qemu PATH] [--patched-qemu PATH] [--daemon-arg ARG]...
 #
 # The daemon is started once; the guest is then booted N times in a row
 # against the same daemon, which proves that it serves a new connection
-# after each QEMU exit. Each boot runs the initramfs from ci/guest-build.sh,
-# whose /init loads virtio-gpu, runs mali-guest-probe and mali-guest-tests
-# and powers off. Each boot's `guest-tests:` summary is printed, and the
-# summaries of all boots again at the end.
+# after each QEMU exit. Boot n runs in the n-th mode of LIST (comma
+# separated, `compat` or `full`), LIST repeating as often as needed; the
+# default `compat,full` alternates, starting with compat:
+#
+#   compat  stock QEMU (--qemu, default qemu-system-x86_64 from PATH, QEMU 10
+#           from bookworm-backports): the guest sees neither CONTEXT_INIT nor
+#           RESOURCE_BLOB;
+#   full    the patched QEMU (--patched-qemu, default: built or taken from
+#           the cache by ci/qemu-build.sh): the guest sees both.
+#
+# Each boot runs the initramfs from ci/guest-build.sh, whose /init loads
+# virtio-gpu, runs mali-guest-probe and mali-guest-tests and powers off.
+# Each boot's `guest-tests:` summary is printed, and the summaries of all
+# boots, labelled by mode, again at the end.
 #
 # A boot fails on: timeout, no GUEST-DONE marker or a non-zero probe status,
 # any PROBE FAIL or TEST FAIL line, a missing or non-zero guest-tests
-# summary, vhost errors from QEMU, kernel errors about the device, or the
-# daemon dying. The run also fails if the daemon log contains
-# a panic or if the daemon does not exit promptly on SIGTERM at the end.
+# summary, a mode other than the boot's (in the guest driver's `features:`
+# lines, in the mode mali-guest-tests picked, or in the mode the daemon
+# logged for the connection), vhost errors from QEMU, kernel errors about
+# the device, or the daemon dying. The run also fails if the daemon log
+# contains a panic or if the daemon does not exit promptly on SIGTERM at
+# the end.
 #
 # Logs (ci/out/): daemon.log, console-N.log (guest serial console),
 # qemu-N.log (QEMU's stderr).
@@ -27,6 +42,9 @@ OUT=$ROOT/ci/out
 DAEMON=""
 DAEMON_ARGS=()
 BOOTS=2
+MODES=compat,full
+STOCK_QEMU="qemu-system-x86_64"
+PATCHED_QEMU=""
 BOOT_TIMEOUT=120
 # How long to wait for the daemon's socket, in tenths of a second.
 SOCKET_WAIT_TENTHS=100
@@ -48,6 +66,12 @@ APPEND="console=ttyS0 quiet panic=-1"
 VHOST_ERRORS='vhost_set_mem_table failed|Error start vhost dev|vhost.*(fail|error)|Failed to (read|write) msg|Failed to set msg fds|Unexpected end-of-file|vhost-user.*disconnect'
 # Guest kernel lines that mean the driver or the device misbehaved.
 KERNEL_ERRORS='\*ERROR\*|WARNING:|BUG:|Oops|Call Trace|Kernel panic|timed out waiting'
+# The guest driver's feature lines (drivers/gpu/drm/virtio, Linux 6.1) in
+# each mode. The device maps no host-visible memory in either.
+declare -A WANT_FEATURES=(
+    [compat]='features: +virgl +edid -resource_blob -host_visible; features: -context_init'
+    [full]='features: +virgl +edid +resource_blob -host_visible; features: +context_init'
+)
 # Loading the modules takes well under a second under TCG. The driver waits
 # up to 5 s for each answer the device does not give (display info, EDID,
 # capsets), so a slow load means the device left it waiting.
@@ -84,6 +108,9 @@ parse_args() {
             --daemon) DAEMON=${2:?--daemon needs a path}; shift 2 ;;
             --daemon-arg) DAEMON_ARGS+=("${2:?--daemon-arg needs a value}"); shift 2 ;;
             --boots) BOOTS=${2:?--boots needs a number}; shift 2 ;;
+            --modes) MODES=${2:?--modes needs a list}; shift 2 ;;
+            --qemu) STOCK_QEMU=${2:?--qemu needs a path}; shift 2 ;;
+            --patched-qemu) PATCHED_QEMU=${2:?--patched-qemu needs a path}; shift 2 ;;
             --timeout) BOOT_TIMEOUT=${2:?--timeout needs seconds}; shift 2 ;;
             -h | --help) usage 0 ;;
             *) printf 'e2e: unknown argument %s\n' "$1" >&2; usage 2 >&2 ;;
@@ -91,6 +118,23 @@ parse_args() {
     done
     [[ $BOOTS =~ ^[1-9][0-9]*$ ]] || die "--boots must be a positive integer"
     [[ $BOOT_TIMEOUT =~ ^[1-9][0-9]*$ ]] || die "--timeout must be a positive integer"
+    [[ $MODES =~ ^(compat|full)(,(compat|full))*$ ]] ||
+        die "--modes must be a comma-separated list of compat and full"
+    IFS=, read -r -a MODE_LIST <<<"$MODES"
+}
+
+# The mode of boot $1.
+boot_mode() {
+    echo "${MODE_LIST[($1 - 1) % ${#MODE_LIST[@]}]}"
+}
+
+# Whether some boot of this run is in mode $1.
+uses_mode() {
+    local n
+    for ((n = 1; n <= BOOTS && n <= ${#MODE_LIST[@]}; n++)); do
+        [[ $(boot_mode "$n") == "$1" ]] && return 0
+    done
+    return 1
 }
 
 # --- daemon -------------------------------------------------------------------
@@ -208,14 +252,41 @@ clean_console() {
     sed -e 's/\r//g' -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1bc//g' "$1"
 }
 
+# Checks that boot $1 ran in mode $2 everywhere: the guest driver's
+# `features:` lines (console text $3), the mode mali-guest-tests picked, and
+# the mode the daemon logged for the connection (its log lines after line
+# $4).
+check_mode() {
+    local n=$1 mode=$2 text=$3 skip=$4
+    local want=${WANT_FEATURES[$mode]} features picked negotiated
+    features=$(sed -n 's/^GUEST-DMESG \[[ 0-9.]*\] \[drm\] \(features: .*\)$/\1/p' <<<"$text" |
+        paste -s -d ';' | sed 's/;/; /g')
+    if [[ $features != "$want" ]]; then
+        fail "boot $n: guest driver reports '${features:-no features line}', want '$want' in $mode mode"
+    fi
+    picked=$(sed -n 's/^guest-tests: mode \([a-z]*\) .*/\1/p' <<<"$text" | tail -n 1)
+    if [[ $picked != "$mode" ]]; then
+        fail "boot $n: mali-guest-tests ran in ${picked:-an unknown} mode, want $mode"
+    fi
+    negotiated=$(tail -n +"$((skip + 1))" "$OUT/daemon.log" |
+        sed -n 's/.*features negotiated: .*; mode: \([a-z]*\).*/\1/p' | tail -n 1)
+    if [[ $negotiated != "$mode" ]]; then
+        fail "boot $n: the daemon logged ${negotiated:-no} mode for the connection, want $mode"
+    fi
+}
+
 # Boots the guest once and checks its output. Returns non-zero only when
 # the daemon is gone and further boots make no sense.
 boot() {
     local n=$1
     local console=$OUT/console-$n.log qemu_log=$OUT/qemu-$n.log
     local failed_before=${#FAILURES[@]}
+    local mode qemu
+    mode=$(boot_mode "$n")
+    qemu=$STOCK_QEMU
+    [[ $mode == full ]] && qemu=$PATCHED_QEMU
 
-    log "boot $n/$BOOTS"
+    log "boot $n/$BOOTS: $mode mode, $qemu"
     if ! is_running "$DAEMON_PID"; then
         reap_daemon
         fail "boot $n: daemon is not running (status $DAEMON_STATUS)"
@@ -228,10 +299,14 @@ boot() {
         return 1
     fi
 
+    # The daemon's log lines of this boot start after these.
+    local daemon_lines
+    daemon_lines=$(wc -l <"$OUT/daemon.log")
+
     local t0 rc=0
     t0=$(now_us)
     timeout --kill-after=5 "$BOOT_TIMEOUT" \
-        qemu-system-x86_64 \
+        "$qemu" \
         -accel tcg \
         -m "$GUEST_MEM" \
         -object "memory-backend-memfd,id=mem,size=$GUEST_MEM,share=on" \
@@ -291,6 +366,9 @@ boot() {
     if [[ -n $done_line && ${tests_rc:-x} != 0 ]]; then
         fail "boot $n: mali-guest-tests exited with ${tests_rc:-no status}"
     fi
+    if [[ -n $done_line ]]; then
+        check_mode "$n" "$mode" "$text" "$daemon_lines"
+    fi
 
     local lines load_ms
     if lines=$(grep -E '^PROBE FAIL ' <<<"$text"); then
@@ -317,7 +395,7 @@ boot() {
     local verdict=PASS
     ((${#FAILURES[@]} == failed_before)) || verdict=FAIL
     BOOT_VERDICT[n]=$verdict
-    log "boot $n: $verdict in $(secs "${BOOT_TIME[n]}") s (console: $console)"
+    log "boot $n: $mode mode: $verdict in $(secs "${BOOT_TIME[n]}") s (console: $console)"
 
     if ! is_running "$DAEMON_PID"; then
         reap_daemon
@@ -353,6 +431,21 @@ main() {
         DAEMON=${CARGO_TARGET_DIR:-$ROOT/target}/release/vhost-user-mali
     fi
     [[ -x $DAEMON ]] || die "daemon $DAEMON is not an executable"
+
+    local t_qemu t_qemu_build=0
+    t_qemu=$(now_us)
+    if uses_mode compat; then
+        command -v "$STOCK_QEMU" >/dev/null || die "stock QEMU $STOCK_QEMU not found"
+        log "compat mode: $STOCK_QEMU ($("$STOCK_QEMU" --version | head -n 1))"
+    fi
+    if uses_mode full; then
+        if [[ -z $PATCHED_QEMU ]]; then
+            PATCHED_QEMU=$("$ROOT/ci/qemu-build.sh")
+            t_qemu_build=$(($(now_us) - t_qemu))
+        fi
+        [[ -x $PATCHED_QEMU ]] || die "patched QEMU $PATCHED_QEMU is not an executable"
+        log "full mode: $PATCHED_QEMU ($("$PATCHED_QEMU" --version | head -n 1))"
+    fi
     t_build=$(now_us)
 
     # unix(7) socket paths are limited to 107 bytes.
@@ -381,12 +474,12 @@ main() {
     t_end=$(now_us)
 
     echo
-    log "timings: build $(secs $((t_build - t_start))) s, daemon start $(secs $((t_daemon - t_build))) s"
+    log "timings: build $(secs $((t_build - t_start))) s (patched QEMU $(secs "$t_qemu_build") s), daemon start $(secs $((t_daemon - t_build))) s"
     for ((n = 1; n <= BOOTS; n++)); do
         if [[ -n ${BOOT_TIME[n]:-} ]]; then
-            log "  boot $n: ${BOOT_VERDICT[n]} $(secs "${BOOT_TIME[n]}") s, ${TESTS_SUMMARY[n]:-}"
+            log "  boot $n ($(boot_mode "$n")): ${BOOT_VERDICT[n]} $(secs "${BOOT_TIME[n]}") s, ${TESTS_SUMMARY[n]:-}"
         else
-            log "  boot $n: not run"
+            log "  boot $n ($(boot_mode "$n")): not run"
         fi
     done
     log "  boots and checks: $(secs $((t_end - t_build))) s, total: $(secs $((t_end - t_start))) s"

@@ -44,83 +44,13 @@ MODULES=(
     virtio-gpu
 )
 
-export DEBIAN_FRONTEND=noninteractive
-
 log() { printf 'guest-build: %s\n' "$*" >&2; }
 die() { printf 'guest-build: error: %s\n' "$*" >&2; exit 1; }
 
 # --- host packages ----------------------------------------------------------
 
-# Prints the URI and the Signed-By keyring of the apt source that serves the
-# plain "bookworm" suite, separated by a tab. deb822 (*.sources) files are
-# read first, one-line sources.list files second.
-bookworm_archive() {
-    local f
-    for f in /etc/apt/sources.list.d/*.sources; do
-        [[ -f $f ]] || continue
-        # Paragraph mode: one record per stanza.
-        awk 'BEGIN { RS = ""; FS = "\n" }
-        {
-            uri = ""; suites = ""; key = ""; types = ""
-            for (i = 1; i <= NF; i++) {
-                if ($i ~ /^URIs:/)      { uri = $i;    sub(/^URIs:[ \t]*/, "", uri) }
-                if ($i ~ /^Suites:/)    { suites = $i; sub(/^Suites:[ \t]*/, "", suites) }
-                if ($i ~ /^Signed-By:/) { key = $i;    sub(/^Signed-By:[ \t]*/, "", key) }
-                if ($i ~ /^Types:/)     { types = $i }
-            }
-            if (types ~ /(^|[ \t])deb([ \t]|$)/ && (" " suites " ") ~ /[ \t]bookworm[ \t]/) {
-                split(uri, u, /[ \t]+/)
-                print u[1] "\t" key
-                exit
-            }
-        }' "$f"
-    done | head -n 1 | grep . && return 0
-
-    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-        [[ -f $f ]] || continue
-        # "deb [options] URI bookworm component..."
-        sed -E -n 's/^deb[ \t]+(\[[^]]*\][ \t]+)?([^ \t]+)[ \t]+bookworm[ \t].*/\2\t/p' "$f"
-    done | head -n 1 | grep .
-}
-
-has_backports_source() {
-    grep -qsE '^[^#]*(^|[ \t])bookworm-backports([ \t]|$)' \
-        /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list
-}
-
-ensure_backports_source() {
-    if has_backports_source; then
-        return
-    fi
-    local line uri key
-    line=$(bookworm_archive) || die "no apt source for bookworm found to derive bookworm-backports from"
-    uri=${line%%$'\t'*}
-    key=${line#*$'\t'}
-    log "adding bookworm-backports from $uri"
-    {
-        printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\n' "$uri"
-        if [[ -n $key ]]; then
-            printf 'Signed-By: %s\n' "$key"
-        fi
-    } >/etc/apt/sources.list.d/bookworm-backports.sources
-    apt_quiet apt-get update
-}
-
-# Installed version of a package, empty when it is not installed.
-installed_version() {
-    { dpkg-query -W -f '${db:Status-Status} ${Version}\n' "$1" 2>/dev/null || true; } |
-        awk '$1 == "installed" { print $2 }'
-}
-
-# Runs an apt command with its chatter sent to ci/out/apt.log, shown only
-# when the command fails.
-apt_quiet() {
-    mkdir -p "$OUT"
-    if ! "$@" >>"$OUT/apt.log" 2>&1; then
-        tail -n 20 "$OUT/apt.log" >&2
-        die "'$*' failed (full log: $OUT/apt.log)"
-    fi
-}
+# shellcheck source=ci/apt.sh
+source "$ROOT/ci/apt.sh"
 
 ensure_packages() {
     local missing=() p
@@ -132,14 +62,7 @@ ensure_packages() {
         apt_quiet apt-get install -y --no-install-recommends "${missing[@]}"
     fi
 
-    # vhost-user-gpu under TCG needs QEMU >= 10; bookworm itself has 7.2.
-    local qv
-    qv=$(installed_version qemu-system-x86)
-    if [[ -z $qv ]] || ! dpkg --compare-versions "$qv" ge 1:10; then
-        ensure_backports_source
-        log "installing qemu-system-x86 from bookworm-backports"
-        apt_quiet apt-get install -y --no-install-recommends -t bookworm-backports qemu-system-x86
-    fi
+    ensure_stock_qemu
 }
 
 # --- kernel -------------------------------------------------------------------

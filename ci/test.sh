@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite, runnable on a fresh Debian 12 machine as
 # root: formatting, lints, unit and integration tests over a real vhost-user
-# socket, then the end-to-end boot of a Linux guest under QEMU 10 (TCG).
+# socket, then the end-to-end boots of a Linux guest under QEMU 10 (TCG), in
+# compat mode (stock QEMU) and full mode (patched QEMU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,10 @@ read -r CARGO_PASSED CARGO_FAILED < <(awk '/^test result:/ { p += $4; f += $6 } 
 echo "cargo tests: $CARGO_PASSED passed, $CARGO_FAILED failed"
 
 step "end to end: Linux guest under QEMU with the daemon"
+# Boot 1 in compat mode (stock QEMU), boot 2 in full mode (the patched QEMU
+# that ci/qemu-build.sh builds once into ci/cache/qemu/).
 BOOTS=2
-bash ci/e2e.sh --boots "$BOOTS"
+bash ci/e2e.sh --boots "$BOOTS" --modes compat,full
 
 # One closing line for the whole run: every cargo test and every guest boot.
 # Any failure has already stopped the script with a non-zero status.

@@ -7,7 +7,15 @@
 //! ```
 //!
 //! `auto` (the default) picks full mode when the device offers both
-//! CONTEXT_INIT and RESOURCE_BLOB, compat mode otherwise. Each case prints
+//! CONTEXT_INIT and RESOURCE_BLOB, compat mode otherwise. The run starts
+//! with the mode, why it was picked, and INIT's answer:
+//!
+//! ```text
+//! guest-tests: mode full (auto: CONTEXT_INIT=1 RESOURCE_BLOB=1)
+//! guest-tests: INIT: 64 ring(s), flags 0x1
+//! ```
+//!
+//! Then each case prints
 //!
 //! ```text
 //! TEST PASS <name> <detail>
@@ -30,7 +38,18 @@
 //! 5. `fault-unmapped-va`: a store to an unmapped VA, in a second VM,
 //!    completes with an error, GROUP_GET_STATE reports FATAL_FAULT at that
 //!    VA, the VM becomes unusable, and a new group in the first VM still
-//!    works.
+//!    works;
+//! 6. `two-queues-sync`: a CS SYNC_WAIT on one queue released by a
+//!    SYNC_SET on another queue of the same group;
+//! 7. `fence-timelines`: the fence of a finished job next to an unrelated
+//!    blocked job: signalled at once in full mode (its own ring), held back
+//!    in compat mode (one global timeline) until the blocked job ends;
+//! 8. `unbind-then-fault`: a store that works while mapped faults at the
+//!    same VA after a synchronous UNMAP;
+//! 9. `job-timeout`: an endless job ends with `-ETIMEDOUT` after the
+//!    daemon's job timeout, and other groups keep working;
+//! 10. `process-exit-in-flight`: a child process exits with a job in flight;
+//!     this process's context keeps working.
 //!
 //! It is built as a static executable for the test initramfs.
 
@@ -103,6 +122,16 @@ mod tests {
     const RESULT_CHILD_GATE: u64 = 0x5200;
     const RESULT_AFTER_CHILD: u64 = 0x5204;
     const RESULT_AFTER_TIMEOUT: u64 = 0x5208;
+    const STREAM_TL_BLOCKED: u64 = 0x300;
+    const STREAM_TL_QUICK: u64 = 0x340;
+    const STREAM_TL_OPEN: u64 = 0x380;
+    const RESULT_TL_GATE: u64 = 0x5300;
+    const RESULT_TL_BLOCKED: u64 = 0x5304;
+    const RESULT_TL_QUICK: u64 = 0x5308;
+    /// How long the `fence-timelines` case watches a fence that compat mode
+    /// must hold back, at most: it stays below a quarter of the daemon's job
+    /// timeout, which would end the blocked job.
+    const HOLD: Duration = Duration::from_millis(300);
     /// Where the unbind case maps one page of scratch memory.
     const SCRATCH_VA: u64 = 0x2000_0000;
     /// The longest job timeout the timeout case accepts waiting for.
@@ -281,30 +310,55 @@ mod tests {
         report.finish()
     }
 
-    fn pick_mode(gpu: &VirtGpu, arg: &str) -> Result<Mode, String> {
+    /// The mode to run in, and why it was picked.
+    fn pick_mode(gpu: &VirtGpu, arg: &str) -> Result<(Mode, String), String> {
         let full = Mode::Full {
             num_rings: MAX_RINGS,
         };
         match arg {
-            "compat" => Ok(Mode::Compat),
-            "full" => Ok(full),
+            "compat" => Ok((Mode::Compat, "--mode compat".into())),
+            "full" => Ok((full, "--mode full".into())),
             "auto" => {
-                let has = |p| gpu.get_param(p).map(|v| v != 0).unwrap_or(false);
-                if has(Param::ContextInit) && has(Param::ResourceBlob) {
-                    Ok(full)
+                let param = |p| gpu.get_param(p).unwrap_or(0);
+                let (ctx, blob) = (param(Param::ContextInit), param(Param::ResourceBlob));
+                let why = format!("auto: CONTEXT_INIT={ctx} RESOURCE_BLOB={blob}");
+                if ctx != 0 && blob != 0 {
+                    Ok((full, why))
                 } else {
-                    Ok(Mode::Compat)
+                    Ok((Mode::Compat, why))
                 }
             }
             other => Err(format!("unknown mode {other}")),
         }
     }
 
+    /// Fails unless INIT's answer is the one of `mode`: the rings asked for
+    /// and per-ring fences in full mode, one ring and no per-ring fences in
+    /// compat mode.
+    fn check_init(s: &NativeSession, mode: Mode) -> Result<(), String> {
+        let (rings, flags) = match mode {
+            Mode::Compat => (1, 0),
+            Mode::Full { num_rings } => (num_rings, CONTEXT_FLAG_PER_RING_FENCES),
+        };
+        check(
+            s.num_rings() == rings && s.flags() & CONTEXT_FLAG_PER_RING_FENCES == flags,
+            || {
+                format!(
+                    "INIT answered {} ring(s), flags {:#x} in {mode} mode; want {rings} ring(s), per-ring fences {flags:#x}",
+                    s.num_rings(),
+                    s.flags()
+                )
+            },
+        )
+    }
+
     fn run(path: &str, mode_arg: &str, report: &mut Report) {
         let setup = (|| -> Result<(Rig, GpuInfo), String> {
             let gpu = VirtGpu::open(path).ctx("open")?;
-            let mode = pick_mode(&gpu, mode_arg)?;
-            let s = NativeSession::open(
+            let (mode, why) = pick_mode(&gpu, mode_arg)?;
+            // ci/e2e.sh checks this line for the mode it expects.
+            println!("guest-tests: mode {mode} ({why})");
+            let mut s = NativeSession::open(
                 gpu,
                 SessionConfig {
                     mode,
@@ -313,12 +367,11 @@ mod tests {
             )
             .ctx("session")?;
             println!(
-                "guest-tests: mode {:?}, {} ring(s), flags {:#x}",
-                s.mode(),
+                "guest-tests: INIT: {} ring(s), flags {:#x}",
                 s.num_rings(),
                 s.flags()
             );
-            let mut s = s;
+            check_init(&s, mode)?;
             let info: GpuInfo = s.dev_query(DEV_QUERY_GPU_INFO).ctx("DEV_QUERY")?;
             let data = s.alloc(DATA_SIZE).ctx("data buffer")?;
             let kernel = s.alloc(KERNEL_SIZE).ctx("kernel buffer")?;
@@ -356,12 +409,13 @@ mod tests {
             },
         );
 
-        let cases: [(&str, Case); 8] = [
+        let cases: [(&str, Case); 9] = [
             ("bind-and-store", bind_and_store),
             ("async-bind-gates-submit", async_bind_gates_submit),
             ("jobs-in-flight-in-order", jobs_in_flight_in_order),
             ("fault-unmapped-va", fault_unmapped_va),
             ("two-queues-sync", two_queues_sync),
+            ("fence-timelines", fence_timelines),
             ("unbind-then-fault", unbind_then_fault),
             ("job-timeout", job_timeout),
             ("process-exit-in-flight", process_exit_in_flight),
@@ -722,6 +776,120 @@ mod tests {
         ))
     }
 
+    /// A finished job's fence next to an unrelated blocked job. Group 8
+    /// runs a job blocked on a gate word, then group 1 a job that finishes
+    /// at once. In full mode each queue has its own ring, so the finished
+    /// job's fence signals while the other job is still blocked; in compat
+    /// mode both fences are on the one global timeline, so the finished
+    /// job's fence is held behind the blocked job's until a third job opens
+    /// the gate (docs/protocol.md, 7.2 and 7.3).
+    fn fence_timelines(rig: &mut Rig) -> CaseResult {
+        let info: ContextInfo = rig
+            .s
+            .dev_query(DEV_QUERY_CONTEXT_INFO)
+            .ctx("DEV_QUERY CONTEXT_INFO")?;
+        let hold = HOLD.min(Duration::from_millis(u64::from(info.job_timeout_ms) / 4));
+        let g = rig
+            .s
+            .group_create(1, 8, GROUP_PRIORITY_MEDIUM, &[1], rig.cores)
+            .ctx("GROUP_CREATE")?;
+        let blocked_ring = u32::from(g.queue_rings[0]);
+        let blocker = stream(|b| {
+            wait_word(b, DATA_VA + RESULT_TL_GATE);
+            store(b, DATA_VA + RESULT_TL_BLOCKED, 0xb10c);
+        })?;
+        let quick = stream(|b| store(b, DATA_VA + RESULT_TL_QUICK, 0x9c1c))?;
+        let opener = stream(|b| set_word(b, DATA_VA + RESULT_TL_GATE, 1))?;
+        rig.put_stream(STREAM_TL_BLOCKED, &blocker);
+        rig.put_stream(STREAM_TL_QUICK, &quick);
+        rig.put_stream(STREAM_TL_OPEN, &opener);
+
+        let (blocked_slot, blocked_fence) = rig
+            .s
+            .group_submit(
+                8,
+                &[Job::new(
+                    0,
+                    DATA_VA + STREAM_TL_BLOCKED,
+                    blocker.len() as u32,
+                )],
+                Some(blocked_ring),
+            )
+            .ctx("GROUP_SUBMIT blocked")?;
+        let t = Instant::now();
+        let (quick_slot, quick_fence) = rig
+            .s
+            .group_submit(
+                1,
+                &[Job::new(0, DATA_VA + STREAM_TL_QUICK, quick.len() as u32)],
+                Some(rig.ring),
+            )
+            .ctx("GROUP_SUBMIT quick")?;
+        // The quick job's work is done: its completion record says so.
+        let result = rig
+            .s
+            .wait_completion(quick_slot)
+            .ctx("quick job's completion")?;
+        let v = rig.word(RESULT_TL_QUICK);
+        check(result == 0 && v == 0x9c1c, || {
+            format!("quick job: result {result}, memory {v:#x}")
+        })?;
+        let verdict = match rig.s.mode() {
+            Mode::Full { .. } => {
+                let signalled = wait_sync_file(quick_fence.as_fd(), Some(hold)).ctx("poll")?;
+                check(signalled, || {
+                    format!(
+                        "the finished job's fence on ring {} did not signal within {hold:?} \
+                         while ring {blocked_ring} was blocked",
+                        rig.ring
+                    )
+                })?;
+                format!(
+                    "finished job's fence on ring {} signalled after {:?} while ring \
+                     {blocked_ring}'s job was blocked",
+                    rig.ring,
+                    t.elapsed()
+                )
+            }
+            Mode::Compat => {
+                let signalled = wait_sync_file(quick_fence.as_fd(), Some(hold)).ctx("poll")?;
+                check(!signalled, || {
+                    "the finished job's fence signalled before the earlier blocked job's, \
+                     on one global timeline"
+                        .to_owned()
+                })?;
+                format!(
+                    "finished job's fence held {hold:?} behind an unrelated blocked job \
+                     (one global timeline)"
+                )
+            }
+        };
+        // The blocked job really was blocked all along.
+        let c = rig.s.completion(blocked_slot);
+        let signalled = wait_sync_file(blocked_fence.as_fd(), Some(Duration::ZERO)).ctx("poll")?;
+        check(c.state == COMPLETION_PENDING && !signalled, || {
+            format!("blocked job not blocked: {c:?}, fence {signalled}")
+        })?;
+
+        let mut batch = Batch::default();
+        let open = rig.s.push_group_submit(
+            &mut batch,
+            1,
+            &[Job::new(0, DATA_VA + STREAM_TL_OPEN, opener.len() as u32)],
+        );
+        rig.s.run(batch).ctx("GROUP_SUBMIT gate")?;
+        rig.s.response(open).ctx("GROUP_SUBMIT gate")?;
+        rig.wait(&blocked_fence, "blocked job's fence")?;
+        rig.wait(&quick_fence, "quick job's fence")?;
+        let c = rig.s.completion(blocked_slot);
+        let v = rig.word(RESULT_TL_BLOCKED);
+        check(
+            c.state == COMPLETION_DONE && c.result == 0 && v == 0xb10c,
+            || format!("blocked job after the gate: completion {c:?}, memory {v:#x}"),
+        )?;
+        Ok(verdict)
+    }
+
     /// VM 3 maps a scratch page; a job stores there; after a synchronous
     /// UNMAP the same job faults at that VA.
     fn unbind_then_fault(rig: &mut Rig) -> CaseResult {
@@ -891,7 +1059,7 @@ mod tests {
     /// for a word nobody sets, then exit with the job in flight.
     fn abandon_work(path: &str, mode_arg: &str) -> Result<(), String> {
         let gpu = VirtGpu::open(path).ctx("open")?;
-        let mode = pick_mode(&gpu, mode_arg)?;
+        let (mode, _) = pick_mode(&gpu, mode_arg)?;
         let mut s = NativeSession::open(
             gpu,
             SessionConfig {

@@ -55,6 +55,22 @@ pub enum Mode {
     },
 }
 
+impl Mode {
+    /// `"compat"` or `"full"`, as the guest programs print and accept it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Compat => "compat",
+            Mode::Full { .. } => "full",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Parameters of a session.
 #[derive(Clone, Copy, Debug)]
 pub struct SessionConfig {
@@ -696,5 +712,17 @@ pub fn wait_point(handle: u32, point: u64) -> SyncOp {
         flags: SYNC_OP_WAIT | SYNC_OP_HANDLE_TYPE_TIMELINE_SYNCOBJ,
         handle,
         timeline_value: point,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_names_are_what_the_programs_print() {
+        assert_eq!(Mode::Compat.to_string(), "compat");
+        assert_eq!(Mode::Full { num_rings: 64 }.to_string(), "full");
+        assert_eq!(Mode::Full { num_rings: 1 }.name(), "full");
     }
 }
