@@ -429,6 +429,35 @@ fn run(
     }
 
     println!("{label}:");
+    if jobs_only() {
+        // The floor is still needed for the ratios: measure it briefly.
+        bare_round_trips(&mut vmm, WARMUP);
+        vmm.queue(0).set_wait_mode(COARSE).expect("wait mode");
+        let echo_p50 = stats(bare_round_trips(&mut vmm, iters)).p50;
+        vmm.reset_alloc();
+        let rps = batched_throughput(&mut vmm, batches);
+        println!(
+            "  echo p50 {:.2} us, {:.2} M requests/s",
+            echo_p50,
+            rps / 1e6
+        );
+        drop(vmm);
+        drop(daemon);
+        let _ = std::fs::remove_file(&path);
+        if let Some(c) = device_cpu {
+            set_affinity(&[c]).expect("pin device");
+        }
+        let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
+        let daemon = InProcessDaemon::start(GpuConfig::default()).expect("daemon");
+        let mut g = GpuDriver::connect(&daemon.socket, ALL_GPU_FEATURES).expect("connect");
+        set_affinity(&driver_pin).expect("pin driver");
+        for q in 0..g.vmm.num_queues() {
+            g.vmm.queue(q).set_wait_mode(COARSE).expect("wait mode");
+        }
+        gpu_jobs(&mut g, iters, batches, (echo_p50, rps));
+        set_affinity(&all).expect("restore affinity");
+        return;
+    }
     bare_round_trips(&mut vmm, WARMUP);
     print_latency(
         "round trip, precise wait",
@@ -475,6 +504,11 @@ fn run(
     let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
     gpu_device(iters, batches, (echo_p50, rps), &driver_pin);
     set_affinity(&all).expect("restore affinity");
+}
+
+/// `TRANSPORT_CASES=jobs`: only the echo floor and the GPU jobs.
+fn jobs_only() -> bool {
+    std::env::var("TRANSPORT_CASES").is_ok_and(|v| v == "jobs")
 }
 
 fn main() {

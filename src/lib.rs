@@ -10,6 +10,7 @@
 //! - [`native`]: the CSF native context reached through SUBMIT_3D.
 //! - [`gpu`]: the emulated GPU (MMU, VM_BIND, CS interpreter, firmware).
 //! - [`uapi`]: the guest-facing protocol types shared with guest tools.
+//! - [`idmap`]: fast hash maps for ids the device allocates.
 //! - [`guest`]: guest-side helpers (the virtgpu DRM uAPI), used by the guest
 //!   programs shipped with the crate.
 //! - [`testvmm`]: an in-process vhost-user front end used by the integration
@@ -20,6 +21,7 @@ pub mod device;
 pub mod display;
 pub mod gpu;
 pub mod guest;
+pub mod idmap;
 pub mod log_limit;
 pub mod native;
 pub mod testvmm;

@@ -10,6 +10,8 @@
 //! state lock, so the worker may wait for the engine while holding it.
 
 use std::collections::HashMap;
+
+use crate::idmap::IdMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -85,7 +87,7 @@ pub struct GroupFault {
 #[derive(Debug, Default)]
 pub struct AsyncState {
     /// Outstanding work by id (`user_data >> INDEX_BITS`).
-    pub works: HashMap<u64, Work>,
+    pub works: IdMap<u64, Work>,
     /// Jobs not completed.
     pub jobs_in_flight: usize,
     /// Asynchronous bind ops not applied.

@@ -7,7 +7,9 @@
 //! once all its WAITs are signalled; then its SIGNALs complete with the
 //! op's result. A VM_BIND's completion event follows its last op.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::idmap::IdMap;
 
 use crate::gpu::mmu::ValidatedOp;
 use crate::gpu::sync::{FenceResult, SignalToken};
@@ -33,8 +35,8 @@ struct Request {
 #[derive(Default)]
 pub(crate) struct BindQueues {
     queues: BTreeMap<u32, VecDeque<u64>>,
-    jobs: HashMap<u64, (u32, BindJob)>,
-    requests: HashMap<u64, Request>,
+    jobs: IdMap<u64, (u32, BindJob)>,
+    requests: IdMap<u64, Request>,
 }
 
 impl BindQueues {

@@ -3,7 +3,9 @@
 //! for the firmware once it is at the head and all its WAITs are
 //! signalled, so jobs of one queue reach the ring in submission order.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::idmap::IdMap;
 
 use crate::gpu::firmware::JobSubmit;
 use crate::gpu::sync::SignalToken;
@@ -25,8 +27,8 @@ pub(crate) struct HeldJob {
 #[derive(Default)]
 pub(crate) struct JobQueues {
     fifos: BTreeMap<QueueKey, VecDeque<u64>>,
-    held: HashMap<u64, (QueueKey, HeldJob)>,
-    outstanding: HashMap<QueueKey, usize>,
+    held: IdMap<u64, (QueueKey, HeldJob)>,
+    outstanding: IdMap<QueueKey, usize>,
 }
 
 impl JobQueues {

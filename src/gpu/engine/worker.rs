@@ -11,6 +11,8 @@
 //!   host wait with a timeout.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::idmap::IdMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -73,11 +75,11 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     pass_end: PassEnd,
     /// Engine ids (jobs, bind ops, VM_BINDs) and waiter ids.
     next_id: u64,
-    waiters: HashMap<u64, Target>,
+    waiters: IdMap<u64, Target>,
     /// Deadlines of host waits: (engine time in ns, waiter id).
     deadlines: BTreeSet<(u64, u64)>,
     jobs: JobQueues,
-    running: HashMap<JobId, Running>,
+    running: IdMap<JobId, Running>,
     binds: BindQueues,
     /// Released waiters still to act on.
     work: VecDeque<Released<u64>>,
@@ -117,10 +119,10 @@ where
             sink,
             pass_end,
             next_id: 1,
-            waiters: HashMap::new(),
+            waiters: IdMap::default(),
             deadlines: BTreeSet::new(),
             jobs: JobQueues::default(),
-            running: HashMap::new(),
+            running: IdMap::default(),
             binds: BindQueues::default(),
             work: VecDeque::new(),
             dirty_queues: BTreeSet::new(),

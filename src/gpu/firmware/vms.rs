@@ -7,7 +7,9 @@
 //! their rings and sync objects) lives until the last of them goes. Their
 //! later accesses to user memory fault.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::idmap::IdMap;
 use std::sync::Arc;
 
 use super::error::FwError;
@@ -28,7 +30,7 @@ pub(crate) struct VmEntry {
 /// The VM table.
 #[derive(Debug)]
 pub(crate) struct Vms {
-    entries: HashMap<VmKey, VmEntry>,
+    entries: IdMap<VmKey, VmEntry>,
     handles: BTreeMap<u32, VmKey>,
     max: u32,
     /// Bytes of user mappings of all the VMs.
@@ -38,7 +40,7 @@ pub(crate) struct Vms {
 impl Vms {
     pub fn new(max: u32, max_mapped_bytes: u64) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: IdMap::default(),
             handles: BTreeMap::new(),
             // Tiler heap handles carry the VM handle in 16 bits.
             max: max.min(0xffff),

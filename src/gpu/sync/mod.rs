@@ -71,6 +71,8 @@
 //! limit fails with `ENOMEM` and changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use crate::idmap::IdMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
@@ -425,9 +427,9 @@ pub struct SyncTable<W> {
     /// Handles below `next_handle` that are free again.
     free_handles: BTreeSet<SyncHandle>,
     next_handle: SyncHandle,
-    objects: HashMap<ObjId, ObjEntry<W>>,
+    objects: IdMap<ObjId, ObjEntry<W>>,
     next_obj: ObjId,
-    pending: HashMap<u64, Pending<W>>,
+    pending: IdMap<u64, Pending<W>>,
     /// Timeline points completed out of order (counted with `pending`).
     out_of_order: usize,
     waiter_count: usize,
@@ -447,9 +449,9 @@ impl<W> SyncTable<W> {
             handles: HashMap::new(),
             free_handles: BTreeSet::new(),
             next_handle: 1,
-            objects: HashMap::new(),
+            objects: IdMap::default(),
             next_obj: 0,
-            pending: HashMap::new(),
+            pending: IdMap::default(),
             out_of_order: 0,
             waiter_count: 0,
         }
