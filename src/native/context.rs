@@ -231,7 +231,9 @@ impl NativeContext {
         if std::mem::take(&mut self.ring_due) {
             if let Some(e) = &self.engine {
                 // A thread that is gone has completed everything already.
-                let _ = e.ring();
+                // The event handler takes no lock the transport holds here
+                // (see `events`), so the pass may run on this thread.
+                let _ = e.kick();
             }
         }
     }

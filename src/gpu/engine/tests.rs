@@ -663,6 +663,58 @@ fn argument_errors_are_synchronous_and_change_nothing() {
     );
 }
 
+/// `kick` on an idle engine runs the pass on the calling thread: a short
+/// job's event arrives before it returns. A stream that runs on gets only
+/// the inline budget there (a slice of the configured budget would hold
+/// the caller for seconds) and goes on on the engine thread, which times
+/// it out.
+#[test]
+fn kick_runs_short_work_inline_and_leaves_long_work_to_the_thread() {
+    let mut cfg = config();
+    // A slice of tenths of a second, at the interpreter's speed.
+    cfg.firmware.slice_budget = 50_000_000;
+    cfg.firmware.job_timeout_ns = 200_000_000;
+    let mut h = H::with(cfg);
+    let vm = h.vm();
+    let g = h.group(vm, 1);
+    let short = h.stream(|b| store(b, DATA + 0x600, 6));
+    let long = h.stream(endless);
+    // Let the thread finish the pass that answered group_create.
+    std::thread::sleep(Duration::from_millis(50));
+    h.e()
+        .group_submit_posted(g, vec![H::job(short, 0, vec![], 1)])
+        .unwrap();
+    assert!(h.e().kick().unwrap(), "the engine was idle");
+    match h.events.try_recv() {
+        Ok(EngineEvent::JobDone {
+            user_data: 1,
+            result,
+            ..
+        }) => assert_eq!(result, Ok(())),
+        other => panic!("expected the job's event before kick returned, got {other:?}"),
+    }
+    let mut v = [0u8; 4];
+    h.mem
+        .read_slice(&mut v, GuestAddress(DATA + 0x600 - CODE))
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(v), 6);
+    std::thread::sleep(Duration::from_millis(50));
+    let g2 = h.group(vm, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    h.e()
+        .group_submit_posted(g2, vec![H::job(long, 0, vec![], 2)])
+        .unwrap();
+    let t = std::time::Instant::now();
+    assert!(h.e().kick().unwrap());
+    let inline = t.elapsed();
+    assert!(
+        inline < Duration::from_millis(100),
+        "an inline pass of 16 x 4096 instructions took {inline:?}"
+    );
+    assert!(h.events.try_recv().is_err(), "the loop is still running");
+    assert_eq!(h.job_done(2).1, Err(libc::ETIMEDOUT));
+}
+
 #[test]
 fn endless_job_times_out_through_the_timer() {
     let mut cfg = config();

@@ -10,7 +10,7 @@
 //!   deadline, a job timeout, the scheduler tick) or the deadline of a
 //!   host wait with a timeout.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 use crate::idmap::IdMap;
 use std::os::fd::AsRawFd;
@@ -33,6 +33,14 @@ use super::EngineConfig;
 use crate::gpu::firmware::{Firmware, FwError, FwEvent, JobId, KernelMemory};
 use crate::gpu::mmu::{BindOp, GpuVm};
 use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcome};
+
+/// Instructions per slice of a pass run inline ([`InlinePass`]): plenty
+/// for a job's ring wrapper and a short stream, little enough that a
+/// guest's long stream holds the caller (the transport's worker, shared by
+/// every context) for tens of microseconds, not a full slice.
+pub const INLINE_SLICE_BUDGET: u64 = 4_096;
+/// Slices of a pass run inline.
+pub const INLINE_SLICES: usize = 16;
 
 /// The callback events go to.
 pub(crate) type Sink = Box<dyn Fn(EngineEvent) + Send>;
@@ -149,6 +157,18 @@ where
     /// Handles every queued command, runs the firmware once and re-arms
     /// the timer.
     pub fn service(&mut self) {
+        self.service_with(None);
+    }
+
+    /// [`Worker::service`] on a thread that is not the engine's: the
+    /// firmware runs at most [`INLINE_SLICES`] slices of
+    /// [`INLINE_SLICE_BUDGET`] instructions, and whatever is left wakes
+    /// the engine thread.
+    pub fn service_inline(&mut self) {
+        self.service_with(Some((INLINE_SLICE_BUDGET, INLINE_SLICES)));
+    }
+
+    fn service_with(&mut self, limit: Option<(u64, usize)>) {
         // Commands queued from here on ring the doorbell again.
         self.rung.store(false, Ordering::Release);
         loop {
@@ -169,7 +189,10 @@ where
         self.expire_waits();
         let mem = self.mem.memory();
         let now = self.now();
-        self.fw.run(&*mem, now);
+        match limit {
+            Some((budget, slices)) => self.fw.run_limited(&*mem, now, budget, slices),
+            None => self.fw.run(&*mem, now),
+        }
         self.pump();
         if self.fw.needs_run() {
             // Come back after whatever else is pending.
@@ -350,11 +373,15 @@ where
             self.fw.check_submit(group, &j.job)?;
         }
         check_batch(&self.syncs, jobs.iter().map(|j| &j.syncs[..]))?;
-        let mut added: HashMap<u32, usize> = HashMap::new();
+        // Jobs per queue: a submit names few queues, a list will do.
+        let mut added: Vec<(u32, usize)> = Vec::new();
         for j in &jobs {
-            *added.entry(j.job.queue).or_default() += 1;
+            match added.iter_mut().find(|(q, _)| *q == j.job.queue) {
+                Some((_, n)) => *n += 1,
+                None => added.push((j.job.queue, 1)),
+            }
         }
-        for (&queue, &n) in &added {
+        for &(queue, n) in &added {
             if self.jobs.outstanding((group, queue)) + n > self.config.max_jobs_per_queue {
                 return Err(EngineError::Busy);
             }
@@ -690,6 +717,60 @@ where
         self.deadlines.clear();
         self.stopped = true;
         (self.pass_end)();
+    }
+}
+
+/// A worker shared between its engine thread and the callers of
+/// [`Engine::kick`](super::Engine::kick), which run a pass inline when
+/// the thread is idle.
+pub(crate) struct SharedWorker<A: GuestAddressSpace, K: KernelMemory>(
+    pub Arc<std::sync::Mutex<Worker<A, K>>>,
+);
+
+impl<A: GuestAddressSpace, K: KernelMemory> SharedWorker<A, K> {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Worker<A, K>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One service pass on the caller's thread, if nobody runs one.
+pub(crate) trait InlinePass: Send + Sync {
+    /// Runs a pass unless the worker is busy; returns whether it ran.
+    fn try_pass(&self) -> bool;
+}
+
+impl<A, K> InlinePass for std::sync::Mutex<Worker<A, K>>
+where
+    A: GuestAddressSpace + Send,
+    A::M: GuestMemoryBackend,
+    K: KernelMemory + Send,
+{
+    fn try_pass(&self) -> bool {
+        let mut w = match self.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
+        if !w.stopped {
+            w.service_inline();
+            (w.pass_end)();
+        }
+        true
+    }
+}
+
+impl<A, K> MutEventSubscriber for SharedWorker<A, K>
+where
+    A: GuestAddressSpace,
+    A::M: GuestMemoryBackend,
+    K: KernelMemory,
+{
+    fn init(&mut self, ops: &mut EventOps) {
+        self.lock().init(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        self.lock().process(events, ops);
     }
 }
 

@@ -684,6 +684,17 @@ impl<K: KernelMemory> Firmware<K> {
     where
         M: GuestMemoryBackend + ?Sized,
     {
+        self.run_limited(mem, now, self.config.slice_budget, usize::MAX);
+    }
+
+    /// [`Firmware::run`] with slices of at most `slice_budget` instructions
+    /// and at most `max_slices` of them; queues left ready (preempted, or
+    /// not reached) make [`Firmware::needs_run`] true. A short pass for a
+    /// caller that must not be held long.
+    pub fn run_limited<M>(&mut self, mem: &M, now: u64, slice_budget: u64, max_slices: usize)
+    where
+        M: GuestMemoryBackend + ?Sized,
+    {
         self.advance(mem, now);
         let mut order: Vec<(u32, usize)> = Vec::new();
         for (_, handle, _) in self.sched.resident() {
@@ -695,14 +706,14 @@ impl<K: KernelMemory> Firmware<K> {
                 }
             }
         }
-        for (handle, qi) in order {
+        for (handle, qi) in order.into_iter().take(max_slices) {
             let ready = self.sched.slot_of(handle).is_some()
                 && self
                     .groups
                     .get(&handle)
                     .is_some_and(|g| g.queues[qi].state == RunState::Ready);
             if ready {
-                self.run_slice(mem, handle, qi);
+                self.run_slice(mem, handle, qi, slice_budget);
             }
         }
         if self.sync_dirty {
@@ -840,12 +851,11 @@ impl<K: KernelMemory> Firmware<K> {
 
     /// One slice of queue `qi` of group `handle`, and what follows from how
     /// it stopped.
-    fn run_slice<M>(&mut self, mem: &M, handle: u32, qi: usize)
+    fn run_slice<M>(&mut self, mem: &M, handle: u32, qi: usize, budget: u64)
     where
         M: GuestMemoryBackend + ?Sized,
     {
         let now = self.now;
-        let budget = self.config.slice_budget;
         let frequency = self.model.timestamp_frequency;
         let Firmware {
             groups,

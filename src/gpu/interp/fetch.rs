@@ -1,13 +1,13 @@
 //! The instruction window: the part of the current page of the current
 //! buffer, read from guest memory and pre-decoded in one go.
 //!
-//! A fill reads `[ip, min(ip + 64 words, page end, buffer end))`
+//! A fill reads `[ip, min(ip + 32 words, page end, buffer end))`
 //! through the MMU as a data read (`Access::Read`: Panthor maps ring
 //! buffers NOEXEC, so the command-stream frontend's fetch cannot be an
 //! execute access; user streams are fetched the same way), decodes every
 //! word and checks its register and scoreboard operands against the model,
 //! so the execution loop does neither. A fill costs one translation and
-//! one copy of at most 512 bytes, plus a decode per word.
+//! one copy of at most 256 bytes, plus a decode per word.
 //!
 //! Coherency: like a hardware prefetcher, the window is not kept coherent
 //! with every write. It is dropped at the start of every slice, when the
@@ -32,7 +32,7 @@ pub(super) const WINDOW_WORDS: usize = (PAGE_SIZE / 8) as usize;
 /// decoding the rest of the page at every job would cost more than running
 /// it. A loop longer than this, or a branch back before the window's
 /// start, costs one more fill.
-const FILL_WORDS: usize = 64;
+const FILL_WORDS: usize = 32;
 
 /// What the execution loop does with a pre-decoded word. The register-only
 /// instructions get their own kinds (one per branch condition) and run in
@@ -177,7 +177,8 @@ impl Window {
             .min(end)
             .min(lo.saturating_add(FILL_WORDS as u64 * 8));
         let len = (hi.saturating_sub(lo) as usize).min(WINDOW_WORDS * 8);
-        let mut bytes = [0u8; PAGE_SIZE as usize];
+        let mut bytes = [0u8; FILL_WORDS * 8];
+        let len = len.min(bytes.len());
         let buf = &mut bytes[..len];
         let (vm, mem) = env.memory();
         vm.read_bytes(mem, lo, buf).map_err(|mut f| {
