@@ -20,7 +20,8 @@
 //!
 //! `cargo bench --bench transport`; `TRANSPORT_ITERS` (default 20000) sets
 //! the round trips per measurement and `TRANSPORT_BATCHES` (default 2000) the
-//! batches of 64.
+//! batches of 64. `TRANSPORT_CASES=jobs` measures only the echo figures the
+//! ratios need and the GPU jobs (for profiling them).
 
 use std::io;
 use std::path::PathBuf;
@@ -221,6 +222,10 @@ fn gpu_device(iters: usize, batches: usize, floor: (f64, f64), driver_pin: &[usi
     let vmm = &mut g.vmm;
     for q in 0..vmm.num_queues() {
         vmm.queue(q).set_wait_mode(COARSE).expect("wait mode");
+    }
+    if jobs_only() {
+        gpu_jobs(&mut g, iters, batches, floor);
+        return;
     }
     let info_req = hdr(cmd::GET_DISPLAY_INFO);
     let info_len = std::mem::size_of::<RespDisplayInfo>();
@@ -429,60 +434,51 @@ fn run(
     }
 
     println!("{label}:");
-    if jobs_only() {
-        // The floor is still needed for the ratios: measure it briefly.
-        bare_round_trips(&mut vmm, WARMUP);
-        vmm.queue(0).set_wait_mode(COARSE).expect("wait mode");
-        let echo_p50 = stats(bare_round_trips(&mut vmm, iters)).p50;
-        vmm.reset_alloc();
-        let rps = batched_throughput(&mut vmm, batches);
-        println!(
-            "  echo p50 {:.2} us, {:.2} M requests/s",
-            echo_p50,
-            rps / 1e6
-        );
-        drop(vmm);
-        drop(daemon);
-        let _ = std::fs::remove_file(&path);
-        if let Some(c) = device_cpu {
-            set_affinity(&[c]).expect("pin device");
-        }
-        let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
-        let daemon = InProcessDaemon::start(GpuConfig::default()).expect("daemon");
-        let mut g = GpuDriver::connect(&daemon.socket, ALL_GPU_FEATURES).expect("connect");
-        set_affinity(&driver_pin).expect("pin driver");
-        for q in 0..g.vmm.num_queues() {
-            g.vmm.queue(q).set_wait_mode(COARSE).expect("wait mode");
-        }
-        gpu_jobs(&mut g, iters, batches, (echo_p50, rps));
-        set_affinity(&all).expect("restore affinity");
-        return;
+    let floor = if jobs_only() {
+        brief_floor(&mut vmm, iters, batches)
+    } else {
+        full_floor(&mut vmm, iters, batches, &daemon)
+    };
+    drop(vmm);
+    drop(daemon);
+    let _ = std::fs::remove_file(&path);
+    // The daemon's threads are created by the thread that starts it.
+    if let Some(c) = device_cpu {
+        set_affinity(&[c]).expect("pin device");
     }
-    bare_round_trips(&mut vmm, WARMUP);
+    let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
+    gpu_device(iters, batches, floor, &driver_pin);
+    set_affinity(&all).expect("restore affinity");
+}
+
+/// The echo floor, measured and printed in full: (p50 of one in flight
+/// with coarse waits, requests/s at 64 per kick).
+fn full_floor(vmm: &mut TestVmm, iters: usize, batches: usize, daemon: &EchoDaemon) -> (f64, f64) {
+    bare_round_trips(vmm, WARMUP);
     print_latency(
         "round trip, precise wait",
-        &stats(bare_round_trips(&mut vmm, iters)),
+        &stats(bare_round_trips(vmm, iters)),
     );
     vmm.reset_alloc();
     // The rest without a kernel timer per sleep (see WaitMode).
     for q in 0..vmm.num_queues() {
         vmm.queue(q).set_wait_mode(COARSE).expect("wait mode");
     }
-    bare_round_trips(&mut vmm, WARMUP);
+    bare_round_trips(vmm, WARMUP);
     let echo_p50 = {
-        let s = stats(bare_round_trips(&mut vmm, iters));
+        let s = stats(bare_round_trips(vmm, iters));
         print_latency("round trip, coarse wait", &s);
         s.p50
     };
     vmm.reset_alloc();
-    request_round_trips(&mut vmm, WARMUP);
+    request_round_trips(vmm, WARMUP);
     print_latency(
         "request(), coarse wait",
-        &stats(request_round_trips(&mut vmm, iters)),
+        &stats(request_round_trips(vmm, iters)),
     );
     vmm.reset_alloc();
-    batched_throughput(&mut vmm, batches / 10 + 1);
-    let rps = batched_throughput(&mut vmm, batches);
+    batched_throughput(vmm, batches / 10 + 1);
+    let rps = batched_throughput(vmm, batches);
     println!(
         "  {:<28} {:>7.2} M requests/s ({} batches)",
         format!("{BATCH} per kick, coarse wait"),
@@ -494,16 +490,18 @@ fn run(
         "  device: {} chains, {} wake-ups, {} calls",
         s.chains, s.events, s.notifications
     );
-    drop(vmm);
-    drop(daemon);
-    let _ = std::fs::remove_file(&path);
-    // The daemon's threads are created by the thread that starts it.
-    if let Some(c) = device_cpu {
-        set_affinity(&[c]).expect("pin device");
-    }
-    let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
-    gpu_device(iters, batches, (echo_p50, rps), &driver_pin);
-    set_affinity(&all).expect("restore affinity");
+    (echo_p50, rps)
+}
+
+/// The two figures of the floor the ratios need, without the rest.
+fn brief_floor(vmm: &mut TestVmm, iters: usize, batches: usize) -> (f64, f64) {
+    vmm.queue(0).set_wait_mode(COARSE).expect("wait mode");
+    bare_round_trips(vmm, WARMUP);
+    let echo_p50 = stats(bare_round_trips(vmm, iters)).p50;
+    vmm.reset_alloc();
+    let rps = batched_throughput(vmm, batches);
+    println!("  echo p50 {echo_p50:.2} us, {:.2} M requests/s", rps / 1e6);
+    (echo_p50, rps)
 }
 
 /// `TRANSPORT_CASES=jobs`: only the echo floor and the GPU jobs.

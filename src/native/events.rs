@@ -10,8 +10,6 @@
 //! state lock, so the worker may wait for the engine while holding it.
 
 use std::collections::HashMap;
-
-use crate::idmap::IdMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
@@ -22,6 +20,7 @@ use super::rspmem::RspMem;
 use crate::gpu::engine::{EngineError, EngineEvent};
 use crate::gpu::firmware::FwEvent;
 use crate::gpu::sync::FenceResult;
+use crate::idmap::IdMap;
 use crate::uapi::native::{GroupSubmitRsp, RspHdr};
 
 /// Bits of a `user_data` that index an element of one command's work.

@@ -9,10 +9,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::idmap::IdMap;
-
 use crate::gpu::mmu::ValidatedOp;
 use crate::gpu::sync::{FenceResult, SignalToken};
+use crate::idmap::IdMap;
 
 /// One queued op.
 pub(crate) struct BindJob {

@@ -5,10 +5,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::idmap::IdMap;
-
 use crate::gpu::firmware::JobSubmit;
 use crate::gpu::sync::SignalToken;
+use crate::idmap::IdMap;
 
 /// A group queue: (group handle, queue index).
 pub(crate) type QueueKey = (u32, u32);

@@ -263,12 +263,12 @@ impl Engine {
         Ok(())
     }
 
-    /// Has every command queued so far handled, and the GPU run once,
-    /// on the calling thread if the engine thread is idle (one service
-    /// pass: the commands, one firmware slice per ready queue, the
-    /// completions they bring); otherwise rings the doorbell. Work left
-    /// after the pass (more slices, timers, waits) goes on on the engine
-    /// thread. The caller must not hold a lock that the event callbacks
+    /// Has every command queued so far handled and the GPU run, on the
+    /// calling thread if the engine thread is idle (one short service
+    /// pass: the commands, at most [`worker::INLINE_SLICES`] slices of
+    /// [`worker::INLINE_SLICE_BUDGET`] instructions, the completions they
+    /// bring); otherwise rings the doorbell. Work left after the pass
+    /// (more slices, timers, waits) goes on on the engine thread. The caller must not hold a lock that the event callbacks
     /// take. Returns whether the pass ran on the calling thread.
     pub fn kick(&self) -> Result<bool, EngineError> {
         if self.inline.try_pass() {

@@ -11,8 +11,6 @@
 //!   host wait with a timeout.
 
 use std::collections::{BTreeSet, VecDeque};
-
-use crate::idmap::IdMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -33,6 +31,7 @@ use super::EngineConfig;
 use crate::gpu::firmware::{Firmware, FwError, FwEvent, JobId, KernelMemory};
 use crate::gpu::mmu::{BindOp, GpuVm};
 use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcome};
+use crate::idmap::IdMap;
 
 /// Instructions per slice of a pass run inline ([`InlinePass`]): plenty
 /// for a job's ring wrapper and a short stream, little enough that a

@@ -8,13 +8,12 @@
 //! later accesses to user memory fault.
 
 use std::collections::BTreeMap;
-
-use crate::idmap::IdMap;
 use std::sync::Arc;
 
 use super::error::FwError;
 use super::heap::HeapPool;
 use crate::gpu::mmu::{BindOp, GpuVm, MappedQuota, VmKey, VmLimits};
+use crate::idmap::IdMap;
 
 /// One VM object.
 #[derive(Debug)]

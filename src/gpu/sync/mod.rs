@@ -71,11 +71,11 @@
 //! limit fails with `ENOMEM` and changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-
-use crate::idmap::IdMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use thiserror::Error;
+
+use crate::idmap::IdMap;
 
 #[cfg(test)]
 mod proptests;
