@@ -35,8 +35,8 @@
 //! what brings a fenced job's round trip within 1.3x of the transport's
 //! (docs/PERFORMANCE.md). Anything left (more slices, parked queues,
 //! timers, host waits) rings the doorbell and goes on on the engine
-//! thread, so the caller is held for tens of microseconds at most, never
-//! for a guest's long stream. Event callbacks may therefore run on either
+//! thread, so guest streams hold the caller for about 0.1 ms at most,
+//! never for a long stream's slices. Event callbacks may therefore run on either
 //! thread; they take no lock the caller of `kick` holds.
 //!
 //! One engine per context keeps contexts fully isolated: a context's
