@@ -11,8 +11,9 @@
 //! bytes from an earlier owner reach the GPU or the guest) and mapped
 //! NOEXEC | UNCACHED in the kernel window, as Panthor maps them: at a free
 //! VA by the object itself, or where the allocator mapped its whole
-//! memory ([`KernelMemory::mapped_at`]). [`PageAllocator`] is a first-fit allocator over one guest-physical
-//! range, for tests and for a context that reserves a single region.
+//! memory ([`KernelMemory::mapped_at`]). [`PageAllocator`] is a first-fit
+//! allocator over one guest-physical range, for tests and for a context
+//! that reserves a single region.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
