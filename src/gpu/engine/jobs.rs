@@ -58,9 +58,8 @@ impl JobQueues {
             return None;
         }
         fifo.pop_front();
-        if fifo.is_empty() {
-            self.fifos.remove(&key);
-        }
+        // An emptied FIFO stays (with its buffer) for the queue's next job;
+        // `take` drops it with its group.
         self.held.remove(&head).map(|(_, j)| j)
     }
 

@@ -132,10 +132,13 @@ impl Scheduler {
         runnable: &dyn Fn(u32) -> bool,
     ) -> Changes {
         let mut changes = Changes::default();
-        let residents: Vec<u32> = self.slots.iter().flatten().copied().collect();
-        for g in residents {
-            if !runnable(g) {
-                self.evict(g, &mut changes);
+        // By index: evicting empties the slot in place (and this runs at
+        // every job, so no list is built).
+        for i in 0..self.slots.len() {
+            if let Some(g) = self.slots[i] {
+                if !runnable(g) {
+                    self.evict(g, &mut changes);
+                }
             }
         }
         if tick {
