@@ -1265,21 +1265,13 @@ impl NativeContext {
             Ok(s) => s,
             Err(e) => return done(-e.errno()),
         };
-        let mut jobs = Vec::with_capacity(subs.len());
         for s in &subs {
             if s.pad != 0 {
                 return done(-EINVAL);
             }
-            let job = JobSubmit {
-                queue: s.queue_index,
-                stream_addr: s.stream_addr,
-                stream_size: s.stream_size,
-                latest_flush: s.latest_flush,
-            };
-            if let Err(e) = job.validate() {
+            if let Err(e) = job_of(s).validate() {
                 return done(-e.errno());
             }
-            jobs.push(job);
         }
         let Some((group, queues)) = self
             .groups
@@ -1296,14 +1288,14 @@ impl NativeContext {
         if subs.is_empty() {
             return done(0);
         }
-        let mut queue_submits = Vec::with_capacity(jobs.len());
-        for (job, s) in jobs.into_iter().zip(&subs) {
+        let mut queue_submits = Vec::with_capacity(subs.len());
+        for s in &subs {
             let syncs = match self.sync_ops(&view, &s.syncs) {
                 Ok(v) => v,
                 Err(e) => return done(-e),
             };
             queue_submits.push(QueueSubmit {
-                job,
+                job: job_of(s),
                 syncs,
                 user_data: 0,
             });
@@ -1631,5 +1623,15 @@ fn response_len(cmd: u32, body: &[u8]) -> u64 {
         u::NATIVE_CMD_SYNCOBJ_QUERY => size_of_rsp::<u::SyncobjQueryReq>(),
         u::NATIVE_CMD_SYNCOBJ_WAIT => size_of_rsp::<u::SyncobjWaitReq>(),
         _ => 8,
+    }
+}
+
+/// The engine's form of a GROUP_SUBMIT entry.
+fn job_of(s: &u::QueueSubmit) -> JobSubmit {
+    JobSubmit {
+        queue: s.queue_index,
+        stream_addr: s.stream_addr,
+        stream_size: s.stream_size,
+        latest_flush: s.latest_flush,
     }
 }

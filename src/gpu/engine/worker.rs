@@ -28,7 +28,7 @@ use super::deps::{check_batch, commit};
 use super::event::EngineEvent;
 use super::jobs::{HeldJob, JobQueues, QueueKey};
 use super::EngineConfig;
-use crate::gpu::firmware::{Firmware, FwError, FwEvent, JobId, KernelMemory};
+use crate::gpu::firmware::{Firmware, FwError, FwEvent, JobId, KernelMemory, MAX_QUEUES};
 use crate::gpu::mmu::{BindOp, GpuVm};
 use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcome};
 use crate::idmap::IdMap;
@@ -373,15 +373,22 @@ where
             self.fw.check_submit(group, &j.job)?;
         }
         check_batch(&self.syncs, jobs.iter().map(|j| &j.syncs[..]))?;
-        // Jobs per queue: a submit names few queues, a list will do.
-        let mut added: Vec<(u32, usize)> = Vec::new();
+        // Jobs per queue, counted on the stack: a group has at most
+        // MAX_QUEUES queues, and check_submit refused any other index.
+        let mut added = [0usize; MAX_QUEUES];
         for j in &jobs {
-            match added.iter_mut().find(|(q, _)| *q == j.job.queue) {
-                Some((_, n)) => *n += 1,
-                None => added.push((j.job.queue, 1)),
+            match added.get_mut(j.job.queue as usize) {
+                Some(n) => *n += 1,
+                None => {
+                    return Err(FwError::NoSuchQueue {
+                        group,
+                        queue: j.job.queue,
+                    }
+                    .into())
+                }
             }
         }
-        for &(queue, n) in &added {
+        for (queue, &n) in (0u32..).zip(added.iter()).filter(|(_, &n)| n > 0) {
             if self.jobs.outstanding((group, queue)) + n > self.config.max_jobs_per_queue {
                 return Err(EngineError::Busy);
             }

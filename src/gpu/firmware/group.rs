@@ -15,6 +15,9 @@ use crate::gpu::sync::FenceResult;
 
 /// Highest intra-group queue priority (CSF_MAX_QUEUE_PRIO).
 pub const MAX_QUEUE_PRIORITY: u8 = 15;
+/// Queues of a group at most, whatever the model's CS slot count
+/// (Panthor's MAX_CS_PER_CSG).
+pub const MAX_QUEUES: usize = 32;
 /// Smallest ring buffer.
 pub const MIN_RING_SIZE: u32 = 4 << 10;
 /// Largest ring buffer.
@@ -65,7 +68,7 @@ impl GroupCreate {
     /// allowed), the core masks, then each queue.
     pub fn validate(&self, model: &GpuModel) -> Result<(), FwError> {
         // A queue is a bit of `fatal_queues`: at most 32 whatever the model.
-        let max_queues = (model.csif_info.cs_slot_count as usize).min(32);
+        let max_queues = (model.csif_info.cs_slot_count as usize).min(MAX_QUEUES);
         if self.queues.is_empty() || self.queues.len() > max_queues {
             return Err(FwError::QueueCount(self.queues.len()));
         }

@@ -106,7 +106,7 @@ pub use event::{
     GROUP_STATE_TIMEDOUT,
 };
 pub use fw::Firmware;
-pub use group::{GroupCreate, JobSubmit, QueueCreate};
+pub use group::{GroupCreate, JobSubmit, QueueCreate, MAX_QUEUES};
 pub use heap::{chunk_header, HeapCreate, HeapInfo};
 pub use kmem::{KernelMemory, KernelObject, PageAllocator};
 pub use ring::{wrapper_words, WrapperArgs, JOB_BYTES, JOB_INSTRS};
