@@ -2026,10 +2026,19 @@ fn kernel_memory_mapped_whole_and_released_with_its_vm() {
         bind_cmd(2, 0, &[map_op(1, 0, DATA_VA, DATA_SIZE)], &[]),
         group_cmd(2, 5, 1, &[0]),
         bo_destroy(3),
+        // The data BO is mapped in VM 1 (and now VM 2): not kernel memory.
+        encode(
+            &VmAddKernelMemoryReq {
+                vm_id: 2,
+                bo_handle: 1,
+            },
+            0,
+            0,
+        ),
     ]);
     assert_eq!(n.submit(&buf, None), cmd::RESP_OK_NODATA);
     let rets: Vec<i32> = slots.iter().map(|&o| n.rsp_at::<RspHdr>(o).ret).collect();
-    assert_eq!(rets, vec![0, 0, 0, 0, 0, -EBUSY]);
+    assert_eq!(rets, vec![0, 0, 0, 0, 0, -EBUSY, -EBUSY]);
     let k: VmAddKernelMemoryRsp = n.rsp_at(slots[2]);
     assert_eq!(k.pool_size, KSIZE);
     // The group's objects (4 KiB of sequence objects, a 4 KiB ring) sit at

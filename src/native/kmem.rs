@@ -189,14 +189,12 @@ impl KernelMemory for SharedPool {
         let Some((id, mut off, mut len)) = pool.live.remove(&(Arc::as_ptr(&bo) as usize)) else {
             return;
         };
-        // A BO taken out of the pool gets nothing back.
-        if !pool.bos.contains_key(&id) {
-            return;
-        }
-        pool.used = pool.used.saturating_sub(len);
+        // A BO taken out of the pool gets nothing back (its bytes already
+        // left `used`).
         let Some(b) = pool.bos.get_mut(&id) else {
             return;
         };
+        let freed = len;
         if let Some((&p, &pl)) = b.free.range(..off).next_back() {
             if p + pl == off {
                 b.free.remove(&p);
@@ -208,6 +206,7 @@ impl KernelMemory for SharedPool {
             len += nl;
         }
         b.free.insert(off, len);
+        pool.used = pool.used.saturating_sub(freed);
     }
 
     fn mapped_at(&self, bo: &Bo) -> Option<u64> {
