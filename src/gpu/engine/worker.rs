@@ -174,6 +174,12 @@ where
         loop {
             match self.rx.try_recv() {
                 Ok(cmd) => {
+                    // Posted submits only queue their jobs, so a batch of
+                    // them reaches the firmware in one go; every other
+                    // command sees them there.
+                    if !matches!(cmd, Command::GroupSubmitPosted { .. }) {
+                        self.pump();
+                    }
                     self.handle(cmd);
                     if self.stopped {
                         return;
@@ -186,6 +192,7 @@ where
                 }
             }
         }
+        self.pump();
         self.expire_waits();
         let mem = self.mem.memory();
         let now = self.now();
@@ -267,6 +274,7 @@ where
             }
             Command::GroupSubmit { group, jobs, reply } => {
                 let r = self.group_submit(group, jobs);
+                self.pump();
                 let _ = reply.send(r);
             }
             Command::GroupSubmitPosted { group, jobs } => {
@@ -368,6 +376,8 @@ where
         }
     }
 
+    /// Checks a GROUP_SUBMIT and queues its jobs; the next
+    /// [`Worker::pump`] hands the ready ones to the firmware.
     fn group_submit(&mut self, group: u32, jobs: Vec<QueueSubmit>) -> Result<(), EngineError> {
         for j in &jobs {
             self.fw.check_submit(group, &j.job)?;
@@ -412,7 +422,6 @@ where
             );
             self.dirty_queues.insert(key);
         }
-        self.pump();
         Ok(())
     }
 
@@ -584,11 +593,13 @@ where
 
     /// Hands the ready jobs at the head of a queue's FIFO to the firmware.
     fn push_jobs(&mut self, key: QueueKey) {
+        let mem = self.mem.memory();
+        let now = self.now();
+        let mut submitted = false;
         while let Some(held) = self.jobs.pop_ready(key) {
-            let mem = self.mem.memory();
-            let now = self.now();
-            match self.fw.submit(&*mem, now, key.0, &held.job) {
+            match self.fw.submit_unscheduled(&*mem, now, key.0, &held.job) {
                 Ok(id) => {
+                    submitted = true;
                     self.running.insert(
                         id,
                         Running {
@@ -608,6 +619,9 @@ where
                 }
             }
             self.collect_fw_events();
+        }
+        if submitted {
+            self.fw.reschedule();
         }
     }
 

@@ -492,6 +492,27 @@ impl<K: KernelMemory> Firmware<K> {
     where
         M: GuestMemoryBackend + ?Sized,
     {
+        let r = self.submit_unscheduled(mem, now, handle, job);
+        if r.is_ok() {
+            self.update_schedule(false);
+        }
+        r
+    }
+
+    /// [`Firmware::submit`] without the scheduling decision that follows
+    /// it, for a caller submitting several jobs in a row: it must call
+    /// [`Firmware::reschedule`] after the last one. (Running the firmware
+    /// reschedules first, too.)
+    pub fn submit_unscheduled<M>(
+        &mut self,
+        mem: &M,
+        now: u64,
+        handle: u32,
+        job: &JobSubmit,
+    ) -> Result<JobId, FwError>
+    where
+        M: GuestMemoryBackend + ?Sized,
+    {
         self.tick_clock(now);
         self.check_submit(handle, job)?;
         let max_pending = self.config.max_pending_jobs;
@@ -554,8 +575,14 @@ impl<K: KernelMemory> Firmware<K> {
         }
         q.last_seqno += 1;
         self.next_job += 1;
-        self.update_schedule(false);
         Ok(id)
+    }
+
+    /// Makes the scheduling decision owed after
+    /// [`Firmware::submit_unscheduled`]: which groups hold slots, and which
+    /// job timers run.
+    pub fn reschedule(&mut self) {
+        self.update_schedule(false);
     }
 
     // ------------------------------------------------------------------
