@@ -86,21 +86,26 @@ impl Completer {
         if chains.is_empty() {
             return Ok(());
         }
-        let size = vring.get_ref().get_queue().size();
-        for c in chains {
-            if c.head >= size {
-                guest_warn!(
-                    lock(&self.limiter),
-                    "descriptor head {} is outside the {size}-entry queue; not returned",
-                    c.head
-                );
-                continue;
+        // One lock of the vring for the whole batch.
+        let notify = {
+            let mut st = vring.get_mut();
+            let size = st.get_queue().size();
+            for c in chains {
+                if c.head >= size {
+                    guest_warn!(
+                        lock(&self.limiter),
+                        "descriptor head {} is outside the {size}-entry queue; not returned",
+                        c.head
+                    );
+                    continue;
+                }
+                if let Err(e) = st.add_used(c.head, c.len) {
+                    guest_warn!(lock(&self.limiter), "add_used({}) failed: {e}", c.head);
+                }
             }
-            if let Err(e) = vring.add_used(c.head, c.len) {
-                guest_warn!(lock(&self.limiter), "add_used({}) failed: {e}", c.head);
-            }
-        }
-        if vring.needs_notification().unwrap_or(true) {
+            st.needs_notification().unwrap_or(true)
+        };
+        if notify {
             vring.signal_used_queue()?;
         }
         Ok(())
@@ -115,14 +120,13 @@ impl FenceSink for Completer {
     /// One lock of the fence rings for all of them, then every released
     /// chain on the used ring with at most one notification.
     fn complete_many(&self, fences: &[(Timeline, u64)]) {
-        let ready: Vec<HeldChain> = {
+        let mut ready = Vec::with_capacity(fences.len());
+        {
             let mut rings = lock(&self.fences);
-            let mut ready = Vec::new();
             for &(timeline, id) in fences {
-                ready.extend(rings.complete(timeline, id));
+                rings.complete(timeline, id, &mut ready);
             }
-            ready
-        };
+        }
         if ready.is_empty() {
             return;
         }
@@ -327,7 +331,7 @@ impl GpuDevice {
             match (outcome.fence, outcome.pending) {
                 (None, _) => ready.push(held),
                 (Some((timeline, id)), None) => {
-                    ready.extend(lock(&self.completer.fences).push(timeline, id, held, true));
+                    lock(&self.completer.fences).push(timeline, id, held, true, &mut ready);
                 }
                 (Some((timeline, id)), Some(tracker)) => {
                     // Queued as not done first, so that the work cannot
@@ -335,9 +339,9 @@ impl GpuDevice {
                     // already ended, the fence completes here, its chain
                     // joining this drain's batch.
                     let mut rings = lock(&self.completer.fences);
-                    ready.extend(rings.push(timeline, id, held, false));
+                    rings.push(timeline, id, held, false, &mut ready);
                     if tracker.release() {
-                        ready.extend(rings.complete(timeline, id));
+                        rings.complete(timeline, id, &mut ready);
                     }
                 }
             }

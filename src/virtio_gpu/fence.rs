@@ -44,10 +44,17 @@ struct Pending {
     done: bool,
 }
 
+/// Emptied rings kept for reuse, and the largest one kept: a ring's buffer
+/// is reused by the next timeline that needs one instead of being freed
+/// and grown again, and at most this much stays allocated.
+const SPARE_RINGS: usize = 8;
+const SPARE_CAPACITY: usize = 256;
+
 /// Pending fenced responses, per timeline, in submission order.
 #[derive(Debug, Default)]
 pub struct FenceRings {
     rings: HashMap<Timeline, VecDeque<Pending>>,
+    spare: Vec<VecDeque<Pending>>,
     pending: usize,
 }
 
@@ -63,35 +70,39 @@ impl FenceRings {
     }
 
     /// Queues a fenced response. `done` says whether its work is already
-    /// complete. Returns the chains that may be returned now, in order.
+    /// complete. Appends the chains that may be returned now to `out`, in
+    /// order.
     pub fn push(
         &mut self,
         timeline: Timeline,
         fence_id: u64,
         chain: HeldChain,
         done: bool,
-    ) -> Vec<HeldChain> {
-        let ring = self.rings.entry(timeline).or_default();
+        out: &mut Vec<HeldChain>,
+    ) {
+        let spare = &mut self.spare;
+        let ring = self
+            .rings
+            .entry(timeline)
+            .or_insert_with(|| spare.pop().unwrap_or_default());
         ring.push_back(Pending {
             fence_id,
             chain,
             done,
         });
         self.pending += 1;
-        self.drain_ready(timeline)
+        self.drain_ready(timeline, out);
     }
 
     /// Marks the work of the oldest not-yet-done entry with `fence_id` on
-    /// `timeline` as complete. Returns the chains that may be returned now.
-    /// Unknown fences are ignored (an empty list is returned).
-    pub fn complete(&mut self, timeline: Timeline, fence_id: u64) -> Vec<HeldChain> {
-        let Some(ring) = self.rings.get_mut(&timeline) else {
-            return Vec::new();
-        };
-        if let Some(p) = ring.iter_mut().find(|p| !p.done && p.fence_id == fence_id) {
-            p.done = true;
-        }
-        self.drain_ready(timeline)
+    /// `timeline` as complete. Appends the chains that may be returned now
+    /// to `out`. Unknown fences are ignored.
+    pub fn complete(&mut self, timeline: Timeline, fence_id: u64, out: &mut Vec<HeldChain>) {
+        self.drain_ready_with(timeline, out, |ring| {
+            if let Some(p) = ring.iter_mut().find(|p| !p.done && p.fence_id == fence_id) {
+                p.done = true;
+            }
+        });
     }
 
     /// Completes everything held for `ctx_id` (context destroyed): all its
@@ -126,21 +137,35 @@ impl FenceRings {
         out
     }
 
-    fn drain_ready(&mut self, timeline: Timeline) -> Vec<HeldChain> {
-        let mut out = Vec::new();
+    fn drain_ready(&mut self, timeline: Timeline, out: &mut Vec<HeldChain>) {
+        self.drain_ready_with(timeline, out, |_| {});
+    }
+
+    /// Applies `update` to the ring of `timeline`, then moves its done
+    /// entries at the front to `out`; one map lookup unless the ring
+    /// empties.
+    fn drain_ready_with(
+        &mut self,
+        timeline: Timeline,
+        out: &mut Vec<HeldChain>,
+        update: impl FnOnce(&mut VecDeque<Pending>),
+    ) {
         let Some(ring) = self.rings.get_mut(&timeline) else {
-            return out;
+            return;
         };
-        while ring.front().is_some_and(|p| p.done) {
-            if let Some(p) = ring.pop_front() {
-                out.push(p.chain);
+        update(ring);
+        while let Some(p) = ring.front().filter(|p| p.done) {
+            out.push(p.chain);
+            ring.pop_front();
+            self.pending -= 1;
+        }
+        if ring.is_empty() {
+            if let Some(ring) = self.rings.remove(&timeline) {
+                if self.spare.len() < SPARE_RINGS && ring.capacity() <= SPARE_CAPACITY {
+                    self.spare.push(ring);
+                }
             }
         }
-        self.pending -= out.len();
-        if ring.is_empty() {
-            self.rings.remove(&timeline);
-        }
-        out
     }
 }
 
@@ -150,6 +175,24 @@ mod tests {
 
     fn c(head: u16) -> HeldChain {
         HeldChain { head, len: 24 }
+    }
+
+    fn push(
+        f: &mut FenceRings,
+        t: Timeline,
+        id: u64,
+        chain: HeldChain,
+        done: bool,
+    ) -> Vec<HeldChain> {
+        let mut out = Vec::new();
+        f.push(t, id, chain, done, &mut out);
+        out
+    }
+
+    fn complete(f: &mut FenceRings, t: Timeline, id: u64) -> Vec<HeldChain> {
+        let mut out = Vec::new();
+        f.complete(t, id, &mut out);
+        out
     }
 
     const R0: Timeline = Timeline::Ring {
@@ -164,18 +207,18 @@ mod tests {
     #[test]
     fn immediate_fence_returns_at_once() {
         let mut f = FenceRings::new();
-        assert_eq!(f.push(Timeline::Global, 1, c(0), true), vec![c(0)]);
+        assert_eq!(push(&mut f, Timeline::Global, 1, c(0), true), vec![c(0)]);
         assert_eq!(f.pending(), 0);
     }
 
     #[test]
     fn done_fence_waits_behind_unfinished_one() {
         let mut f = FenceRings::new();
-        assert!(f.push(R0, 1, c(0), false).is_empty());
-        assert!(f.push(R0, 2, c(1), true).is_empty());
+        assert!(push(&mut f, R0, 1, c(0), false).is_empty());
+        assert!(push(&mut f, R0, 2, c(1), true).is_empty());
         // Another ring is independent.
-        assert_eq!(f.push(R1, 3, c(2), true), vec![c(2)]);
-        assert_eq!(f.complete(R0, 1), vec![c(0), c(1)]);
+        assert_eq!(push(&mut f, R1, 3, c(2), true), vec![c(2)]);
+        assert_eq!(complete(&mut f, R0, 1), vec![c(0), c(1)]);
         assert_eq!(f.pending(), 0);
     }
 
@@ -183,25 +226,25 @@ mod tests {
     fn out_of_order_completion_is_released_in_order() {
         let mut f = FenceRings::new();
         for i in 0..4u16 {
-            assert!(f.push(R0, u64::from(i) + 1, c(i), false).is_empty());
+            assert!(push(&mut f, R0, u64::from(i) + 1, c(i), false).is_empty());
         }
-        assert!(f.complete(R0, 3).is_empty());
-        assert!(f.complete(R0, 2).is_empty());
-        assert_eq!(f.complete(R0, 1), vec![c(0), c(1), c(2)]);
-        assert_eq!(f.complete(R0, 4), vec![c(3)]);
-        assert!(f.complete(R0, 99).is_empty());
+        assert!(complete(&mut f, R0, 3).is_empty());
+        assert!(complete(&mut f, R0, 2).is_empty());
+        assert_eq!(complete(&mut f, R0, 1), vec![c(0), c(1), c(2)]);
+        assert_eq!(complete(&mut f, R0, 4), vec![c(3)]);
+        assert!(complete(&mut f, R0, 99).is_empty());
     }
 
     #[test]
     fn flush_context_returns_everything_of_that_context() {
         let mut f = FenceRings::new();
-        f.push(R0, 1, c(0), false);
-        f.push(R1, 1, c(1), false);
+        push(&mut f, R0, 1, c(0), false);
+        push(&mut f, R1, 1, c(1), false);
         let other = Timeline::Ring {
             ctx_id: 2,
             ring_idx: 0,
         };
-        f.push(other, 1, c(2), false);
+        push(&mut f, other, 1, c(2), false);
         assert_eq!(f.flush_context(1), vec![c(0), c(1)]);
         assert_eq!(f.pending(), 1);
         assert_eq!(f.flush_all(), vec![c(2)]);
