@@ -202,11 +202,18 @@ impl StreamState {
     #[cold]
     fn refill<E: ExecEnv>(&mut self, env: &mut E) -> Option<Stop> {
         let (ip, start, end) = (self.ip, self.start, self.end);
-        // Back in the buffer of the spare window (a return from a CALL):
-        // use it as it is. Otherwise the current window becomes the spare.
-        std::mem::swap(&mut self.window, &mut self.spare);
-        if ip.wrapping_sub(self.window.start) < self.window.bytes {
+        if ip.wrapping_sub(self.spare.start) < self.spare.bytes {
+            // Back in the buffer of the spare window (a return from a
+            // CALL, or the next CALL of the same stream): use it as it is.
+            std::mem::swap(&mut self.window, &mut self.spare);
             return None;
+        }
+        // Running on past the end of the window refills it in place, so
+        // that the spare (a stream each job calls) survives a ring's jobs;
+        // a jump elsewhere keeps the current window as the spare.
+        let sequential = self.window.bytes != 0 && ip == self.window.start + self.window.bytes;
+        if !sequential {
+            std::mem::swap(&mut self.window, &mut self.spare);
         }
         self.stats.fetches += 1;
         if let Err(fault) = self.window.fill(
