@@ -216,14 +216,7 @@ impl StreamState {
             std::mem::swap(&mut self.window, &mut self.spare);
         }
         self.stats.fetches += 1;
-        if let Err(fault) = self.window.fill(
-            env,
-            ip,
-            start,
-            end,
-            self.limits.reg_count,
-            self.limits.scoreboards,
-        ) {
+        if let Err(fault) = self.window.fill(env, &mut self.decoded, ip, start, end) {
             return Some(self.halt(Stop::MmuFault { fault, ip }));
         }
         if ip.wrapping_sub(self.window.start) >= self.window.bytes {

@@ -160,15 +160,14 @@ impl Window {
     }
 
     /// Fills the window around `ip`, inside the buffer `[start, end)`
-    /// (which contains `ip`).
+    /// (which contains `ip`), decoding through `cache`.
     pub fn fill<E: ExecEnv>(
         &mut self,
         env: &mut E,
+        cache: &mut DecodeCache,
         ip: u64,
         start: u64,
         end: u64,
-        reg_count: usize,
-        scoreboards: usize,
     ) -> Result<(), Fault> {
         let page = ip & !(PAGE_SIZE - 1);
         let lo = ip.max(start);
@@ -194,19 +193,73 @@ impl Window {
         {
             let mut w = [0u8; 8];
             w.copy_from_slice(word);
-            let word = u64::from_le_bytes(w);
-            match decode(word) {
-                Ok(i) if i.check_registers(reg_count).is_ok() && slots_ok(&i, scoreboards) => {
-                    *op = Op::from_instr(&i);
-                    *instr = i;
-                }
-                _ => *op = Op::new(Kind::Bad, 0, 0, 0, 0, word),
-            }
+            let e = cache.get(u64::from_le_bytes(w));
+            *op = e.op;
+            *instr = e.instr;
         }
         self.start = lo;
         self.bytes = len as u64 & !7;
         Ok(())
     }
+}
+
+/// Entries of a [`DecodeCache`] (a power of two).
+const CACHE_ENTRIES: usize = 64;
+
+/// One decoded word.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Decoded {
+    word: u64,
+    pub op: Op,
+    /// The instruction of a valid word (anything for a [`Kind::Bad`]).
+    pub instr: Instr,
+}
+
+/// Decoded words by value, direct-mapped. Decoding a word costs a few
+/// unpredictable branches (opcode, operand checks, flat form); a queue's
+/// jobs repeat the same wrapper words, so most words of a fill are found
+/// here instead. Keyed by the word alone, an entry is right whatever
+/// memory holds now; the operand checks use the stream's register and
+/// scoreboard counts, fixed when the stream is made.
+#[derive(Debug, Clone)]
+pub(super) struct DecodeCache {
+    reg_count: usize,
+    scoreboards: usize,
+    entries: Box<[Decoded; CACHE_ENTRIES]>,
+}
+
+impl DecodeCache {
+    pub fn new(reg_count: usize, scoreboards: usize) -> Self {
+        let nop = decode_word(0, reg_count, scoreboards);
+        Self {
+            reg_count,
+            scoreboards,
+            entries: Box::new([nop; CACHE_ENTRIES]),
+        }
+    }
+
+    /// The decoded form of `word`.
+    #[inline]
+    pub fn get(&mut self, word: u64) -> &Decoded {
+        // Multiply-and-shift: the top bits depend on every bit of the word.
+        let slot = (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % CACHE_ENTRIES;
+        let e = &mut self.entries[slot];
+        if e.word != word {
+            *e = decode_word(word, self.reg_count, self.scoreboards);
+        }
+        e
+    }
+}
+
+/// Decodes and checks one word.
+fn decode_word(word: u64, reg_count: usize, scoreboards: usize) -> Decoded {
+    let (op, instr) = match decode(word) {
+        Ok(i) if i.check_registers(reg_count).is_ok() && slots_ok(&i, scoreboards) => {
+            (Op::from_instr(&i), i)
+        }
+        _ => (Op::new(Kind::Bad, 0, 0, 0, 0, word), Instr::ErrorBarrier),
+    };
+    Decoded { word, op, instr }
 }
 
 /// Whether every scoreboard slot the instruction names exists.
@@ -250,4 +303,52 @@ pub(super) fn classify(word: u64, reg_count: usize, scoreboards: usize) -> (u8, 
             count: scoreboards,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(word: u64) -> usize {
+        (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % CACHE_ENTRIES
+    }
+
+    #[test]
+    fn cache_answers_what_decoding_answers() {
+        let mut c = DecodeCache::new(96, 8);
+        let mov = Instr::Move32 { dst: 4, imm: 7 }.encode();
+        // Another MOVE32 in the same slot, and a word that does not decode
+        // in the same slot too: each replaces the other.
+        let twin = (1..u64::from(u32::MAX))
+            .map(|imm| {
+                Instr::Move32 {
+                    dst: 4,
+                    imm: imm as u32,
+                }
+                .encode()
+            })
+            .find(|&w| w != mov && slot(w) == slot(mov))
+            .unwrap();
+        let bad = (0u64..)
+            .map(|n| (0xffu64 << 56) | n)
+            .find(|&w| decode(w).is_err() && slot(w) == slot(mov))
+            .unwrap();
+        for _ in 0..2 {
+            for w in [mov, twin, bad, 0] {
+                let want = decode_word(w, 96, 8);
+                let got = *c.get(w);
+                assert_eq!(got.op, want.op, "word {w:#x}");
+                if want.op.kind != Kind::Bad {
+                    assert_eq!(got.instr, want.instr, "word {w:#x}");
+                }
+            }
+        }
+        // A bad word keeps its raw value for the fault report.
+        assert_eq!(c.get(bad).op, Op::new(Kind::Bad, 0, 0, 0, 0, bad));
+        // The stream's operand limits apply: r95 exists on 96 registers
+        // but not on 64.
+        let high = Instr::Move32 { dst: 95, imm: 1 }.encode();
+        assert_eq!(c.get(high).op.kind, Kind::Move32);
+        assert_eq!(DecodeCache::new(64, 8).get(high).op.kind, Kind::Bad);
+    }
 }

@@ -5,7 +5,7 @@
 
 use crate::gpu::cs::{CsState, REG_COUNT_V10, SCOREBOARD_SLOTS_V10};
 
-use super::fetch::Window;
+use super::fetch::{DecodeCache, Window};
 use super::stop::{ConfigError, Stop};
 
 /// The largest register file an encoding can address (8-bit register
@@ -276,6 +276,8 @@ pub struct StreamState {
     /// that coming back to it (a return into the ring after each job's
     /// user stream) needs no new fill. Dropped together with `window`.
     pub(super) spare: Window,
+    /// Recently decoded words, for both windows' fills.
+    pub(super) decoded: DecodeCache,
 
     /// Per slot: the modelled time its last pending operation completes.
     pub(super) sb_busy_until: [u64; MAX_SCOREBOARDS],
@@ -327,6 +329,7 @@ impl StreamState {
             root: Root::None,
             window: Window::new(),
             spare: Window::new(),
+            decoded: DecodeCache::new(limits.reg_count, limits.scoreboards),
             sb_busy_until: [0; MAX_SCOREBOARDS],
             sb_pending: 0,
             sb_endpoint: 0,
