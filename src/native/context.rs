@@ -549,6 +549,10 @@ impl NativeContext {
         }
     }
 
+    /// Registers the outstanding work of command `c` (`remaining`
+    /// events expected) against the context's quota for its kind: the
+    /// errno to answer if it is used up (EBUSY for jobs and binds, ENOMEM
+    /// for waits), else the work's id, to be armed after the response.
     fn new_work(
         &mut self,
         kind: WorkKind,
@@ -557,19 +561,34 @@ impl NativeContext {
         rsp: &Arc<RspMem>,
         (record_at, first_signaled_at): (u64, Option<u64>),
         tracker: Option<&Arc<WorkTracker>>,
-    ) -> u64 {
-        let id = self.next_work;
-        self.next_work += 1;
+    ) -> Result<u64, i32> {
         let has_rsp = c.rsp_off != 0;
         let base = u64::from(c.rsp_off);
+        let mut st = self.shared.lock();
+        // The context's quota of outstanding work of this kind.
+        let (count, add, max, errno) = match kind {
+            WorkKind::Jobs => (
+                &mut st.jobs_in_flight,
+                remaining,
+                u::MAX_JOBS_IN_FLIGHT as usize,
+                EBUSY,
+            ),
+            WorkKind::Bind { ops } => (
+                &mut st.binds_in_flight,
+                ops,
+                u::MAX_BINDS_IN_FLIGHT as usize,
+                EBUSY,
+            ),
+            WorkKind::Wait { .. } => (&mut st.waits, 1, u::MAX_SYNCOBJS as usize * 4, ENOMEM),
+        };
+        if count.saturating_add(add) > max {
+            return Err(errno);
+        }
+        *count += add;
+        let id = self.next_work;
+        self.next_work += 1;
         if let Some(t) = tracker {
             t.add();
-        }
-        let mut st = self.shared.lock();
-        match kind {
-            WorkKind::Jobs => st.jobs_in_flight += remaining,
-            WorkKind::Bind { ops } => st.binds_in_flight += ops,
-            WorkKind::Wait { .. } => st.waits += 1,
         }
         st.works.insert(
             id,
@@ -593,7 +612,7 @@ impl NativeContext {
             },
         );
         self.to_arm.push(id);
-        id
+        Ok(id)
     }
 
     /// Runs one command; returns its `ret` and its response bytes.
@@ -1085,11 +1104,11 @@ impl NativeContext {
         if reqs.is_empty() {
             return done(0, 0);
         }
-        if self.shared.lock().binds_in_flight + reqs.len() > u::MAX_BINDS_IN_FLIGHT as usize {
-            return done(-EBUSY, 0);
-        }
         let n = reqs.len();
-        let id = self.new_work(WorkKind::Bind { ops: n }, 1, c, rsp, (16, None), tracker);
+        let id = match self.new_work(WorkKind::Bind { ops: n }, 1, c, rsp, (16, None), tracker) {
+            Ok(id) => id,
+            Err(e) => return done(-e, 0),
+        };
         let Some(e) = self.engine.as_ref() else {
             self.shared.cancel(id);
             return done(-EIO, 0);
@@ -1301,13 +1320,13 @@ impl NativeContext {
             });
         }
         let n = queue_submits.len();
-        if self.shared.lock().jobs_in_flight + n > u::MAX_JOBS_IN_FLIGHT as usize {
-            return done(-EBUSY);
-        }
         if self.engine(env).is_err() {
             return done(-EIO);
         }
-        let id = self.new_work(WorkKind::Jobs, n, c, rsp, (8, None), tracker);
+        let id = match self.new_work(WorkKind::Jobs, n, c, rsp, (8, None), tracker) {
+            Ok(id) => id,
+            Err(e) => return done(-e),
+        };
         for (i, q) in queue_submits.iter_mut().enumerate() {
             q.user_data = (id << INDEX_BITS) | (i as u64 & 0xffff);
         }
@@ -1540,9 +1559,6 @@ impl NativeContext {
             }
             resolved.push((h, p.point));
         }
-        if self.shared.lock().waits >= u::MAX_SYNCOBJS as usize * 4 {
-            return done(-ENOMEM);
-        }
         if self.engine(env).is_err() {
             return done(-EIO);
         }
@@ -1559,14 +1575,17 @@ impl NativeContext {
             r.timeout_ns.min(cap_ns)
         };
         let remaining = if all { resolved.len() } else { 1 };
-        let id = self.new_work(
+        let id = match self.new_work(
             WorkKind::Wait { any: !all },
             remaining,
             c,
             rsp,
             (16, Some(8)),
             tracker,
-        );
+        ) {
+            Ok(id) => id,
+            Err(e) => return done(-e),
+        };
         let Some(e) = self.engine.as_ref() else {
             self.shared.cancel(id);
             return done(-EIO);
