@@ -22,9 +22,14 @@
 //! the round trips per measurement and `TRANSPORT_BATCHES` (default 2000) the
 //! batches of 64. `TRANSPORT_CASES=jobs` measures only the echo figures the
 //! ratios need and the GPU jobs (for profiling them).
+//! `TRANSPORT_COUNT_ALLOCS=1` also prints the heap allocations per request
+//! of each batched figure (the whole process: driver and device), at the
+//! price of an atomic add per allocation.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vhost_user_mali::gpu::cs::Builder;
@@ -41,6 +46,68 @@ use vhost_user_mali::uapi::native::{NativeCmdHdr, NATIVE_CMD_NOP};
 use vhost_user_mali::virtio_gpu::control::GpuConfig;
 use vhost_user_mali::virtio_gpu::protocol::{cmd, CmdSubmit, CtrlHdr, RespDisplayInfo};
 use vm_memory::ByteValued;
+
+/// The system allocator, counting allocations while `COUNTING` is set.
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+fn count_allocation() {
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is passed on unchanged to the system allocator, which
+// upholds the GlobalAlloc contract; counting touches no memory it returns.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        // SAFETY: the caller's contract for `alloc` is passed on.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        // SAFETY: the caller's contract for `alloc_zeroed` is passed on.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
+        // SAFETY: the caller's contract for `realloc` is passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAlloc = CountingAlloc;
+
+/// Allocations per request during `f`, which handles `requests` requests,
+/// if `TRANSPORT_COUNT_ALLOCS` is set.
+fn allocations_per<T>(requests: usize, f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    if std::env::var_os("TRANSPORT_COUNT_ALLOCS").is_none() {
+        return (f(), None);
+    }
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    COUNTING.store(true, Ordering::Relaxed);
+    let r = f();
+    COUNTING.store(false, Ordering::Relaxed);
+    let n = ALLOCATIONS.load(Ordering::Relaxed) as f64 / requests.max(1) as f64;
+    (r, Some(n))
+}
+
+/// The printed form of [`allocations_per`]'s count.
+fn allocs_note(n: Option<f64>) -> String {
+    n.map(|n| format!(", {n:.1} allocations per request"))
+        .unwrap_or_default()
+}
 
 const WARMUP: usize = 2_000;
 const BATCH: usize = 64;
@@ -183,6 +250,13 @@ fn batched(vmm: &mut TestVmm, req: &[u8], resp_len: usize, batches: usize) -> f6
     (batches * BATCH) as f64 / t.elapsed().as_secs_f64()
 }
 
+/// With `TRANSPORT_COUNT_ALLOCS`, the allocations per request of 200
+/// more batches like [`batched`]'s, run untimed after it.
+fn batched_allocations(vmm: &mut TestVmm, req: &[u8], resp_len: usize) -> String {
+    const BATCHES: usize = 200;
+    allocs_note(allocations_per(BATCHES * BATCH, || batched(vmm, req, resp_len, BATCHES)).1)
+}
+
 fn batched_throughput(vmm: &mut TestVmm, batches: usize) -> f64 {
     batched(vmm, &[0x42; MSG], MSG, batches)
 }
@@ -247,8 +321,9 @@ fn gpu_device(iters: usize, batches: usize, floor: (f64, f64), driver_pin: &[usi
     }
     batched(vmm, info_req.as_slice(), info_len, batches / 10 + 1);
     let rps = batched(vmm, info_req.as_slice(), info_len, batches);
+    let allocs = batched_allocations(vmm, info_req.as_slice(), info_len);
     println!(
-        "  {:<28} {:>7.2} M requests/s, {:.2}x echo",
+        "  {:<28} {:>7.2} M requests/s, {:.2}x echo{allocs}",
         format!("GET_DISPLAY_INFO {BATCH}/kick"),
         rps / 1e6,
         rps / floor.1
@@ -394,8 +469,9 @@ fn gpu_jobs(g: &mut GpuDriver, iters: usize, batches: usize, floor: (f64, f64)) 
     );
     batched(vmm, &req, hdr_len, batches / 10 + 1);
     let rps = batched(vmm, &req, hdr_len, batches);
+    let allocs = batched_allocations(vmm, &req, hdr_len);
     println!(
-        "  {:<28} {:>7.3} M jobs/s, {:.2}x echo",
+        "  {:<28} {:>7.3} M jobs/s, {:.2}x echo{allocs}",
         format!("GPU jobs {BATCH}/kick"),
         rps / 1e6,
         rps / floor.1
@@ -479,8 +555,9 @@ fn full_floor(vmm: &mut TestVmm, iters: usize, batches: usize, daemon: &EchoDaem
     vmm.reset_alloc();
     batched_throughput(vmm, batches / 10 + 1);
     let rps = batched_throughput(vmm, batches);
+    let allocs = batched_allocations(vmm, &[0x42; MSG], MSG);
     println!(
-        "  {:<28} {:>7.2} M requests/s ({} batches)",
+        "  {:<28} {:>7.2} M requests/s ({} batches){allocs}",
         format!("{BATCH} per kick, coarse wait"),
         rps / 1e6,
         batches
@@ -500,7 +577,11 @@ fn brief_floor(vmm: &mut TestVmm, iters: usize, batches: usize) -> (f64, f64) {
     let echo_p50 = stats(bare_round_trips(vmm, iters)).p50;
     vmm.reset_alloc();
     let rps = batched_throughput(vmm, batches);
-    println!("  echo p50 {echo_p50:.2} us, {:.2} M requests/s", rps / 1e6);
+    let allocs = batched_allocations(vmm, &[0x42; MSG], MSG);
+    println!(
+        "  echo p50 {echo_p50:.2} us, {:.2} M requests/s{allocs}",
+        rps / 1e6
+    );
     (echo_p50, rps)
 }
 

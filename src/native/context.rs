@@ -18,7 +18,7 @@ use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMma
 
 use super::events::{on_event, Completions, Shared, Work, WorkKind, INDEX_BITS};
 use super::fences::{FenceSink, WorkTracker};
-use super::framing::parse_commands;
+use super::framing::commands;
 use super::kmem::SharedPool;
 use super::rspmem::RspMem;
 use super::NativeError;
@@ -123,8 +123,40 @@ fn eng(e: EngineError) -> i32 {
     }
 }
 
-fn bytes<T: ByteValued>(v: &T) -> Vec<u8> {
-    v.as_slice().to_vec()
+/// Response bytes kept inline up to this size.
+const REPLY_INLINE: usize = 64;
+
+/// A command's response bytes: inline when small (the responses of the
+/// per-job commands are), so that answering allocates nothing.
+enum Reply {
+    Inline { len: usize, buf: [u8; REPLY_INLINE] },
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for Reply {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Reply::Inline { len, buf } => buf.get(..*len).unwrap_or(buf),
+            Reply::Heap(v) => v,
+        }
+    }
+}
+
+fn bytes<T: ByteValued>(v: &T) -> Reply {
+    let src = v.as_slice();
+    let mut buf = [0u8; REPLY_INLINE];
+    match buf.get_mut(..src.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(src);
+            Reply::Inline {
+                len: src.len(),
+                buf,
+            }
+        }
+        None => Reply::Heap(src.to_vec()),
+    }
 }
 
 fn parse<R: NativeRequest>(body: &[u8]) -> Res<RequestView<'_, R>> {
@@ -310,15 +342,23 @@ impl NativeContext {
         buf: &[u8],
         env: &SubmitEnv<'_>,
     ) -> Result<Option<Arc<WorkTracker>>, NativeError> {
-        let cmds = parse_commands(buf)?;
-        if let Some((h, _)) = cmds.iter().find(|(h, _)| u::command_name(h.cmd).is_none()) {
-            return Err(NativeError::UnknownCommand {
-                cmd: h.cmd,
-                seqno: h.seqno,
-            });
+        // The whole buffer is checked before any command runs: its
+        // framing, then its command numbers, then INIT coming first.
+        let mut unknown = None;
+        for c in commands(buf) {
+            let (h, _) = c?;
+            if unknown.is_none() && u::command_name(h.cmd).is_none() {
+                unknown = Some(NativeError::UnknownCommand {
+                    cmd: h.cmd,
+                    seqno: h.seqno,
+                });
+            }
+        }
+        if let Some(e) = unknown {
+            return Err(e);
         }
         if self.rsp.is_none() {
-            for (h, _) in &cmds {
+            for (h, _) in commands(buf).map_while(Result::ok) {
                 match h.cmd {
                     u::NATIVE_CMD_INIT => break,
                     u::NATIVE_CMD_NOP => {}
@@ -331,7 +371,7 @@ impl NativeContext {
             _ => None,
         };
         let guard = env.mem.memory();
-        for (h, body) in &cmds {
+        for (h, body) in commands(buf).map_while(Result::ok) {
             self.commands_seen += 1;
             let c = Cmd {
                 seqno: h.seqno,
@@ -623,7 +663,7 @@ impl NativeContext {
         env: &SubmitEnv<'_>,
         rsp: &Arc<RspMem>,
         tracker: Option<&Arc<WorkTracker>>,
-    ) -> (i32, Vec<u8>) {
+    ) -> (i32, Reply) {
         macro_rules! simple {
             ($rsp:ty, $e:expr) => {{
                 let r: Res<$rsp> = $e;
@@ -679,7 +719,7 @@ impl NativeContext {
         }
     }
 
-    fn dev_query(&mut self, c: &Cmd<'_>, env: &SubmitEnv<'_>) -> (i32, Vec<u8>) {
+    fn dev_query(&mut self, c: &Cmd<'_>, env: &SubmitEnv<'_>) -> (i32, Reply) {
         let fail = |e: i32| {
             let v = u::DevQueryRsp {
                 hdr: u::RspHdr::for_response::<u::DevQueryRsp>(-e),
@@ -702,7 +742,7 @@ impl NativeContext {
             return fail(EINVAL);
         }
         let model = &self.cfg.model;
-        let object: Vec<u8> = match r.query_type {
+        let object: Reply = match r.query_type {
             u::DEV_QUERY_GPU_INFO => bytes(&model.gpu_info),
             u::DEV_QUERY_CSIF_INFO => bytes(&model.csif_info),
             u::DEV_QUERY_TIMESTAMP_INFO => {
@@ -741,7 +781,7 @@ impl NativeContext {
         };
         out[..16].copy_from_slice(head.as_slice());
         out[16..16 + n].copy_from_slice(&object[..n]);
-        (0, out)
+        (0, Reply::Heap(out))
     }
 
     fn vm_create(&mut self, c: &Cmd<'_>, env: &SubmitEnv<'_>) -> Res<u::VmCreateRsp> {
@@ -997,7 +1037,7 @@ impl NativeContext {
         env: &SubmitEnv<'_>,
         rsp: &Arc<RspMem>,
         tracker: Option<&Arc<WorkTracker>>,
-    ) -> (i32, Vec<u8>) {
+    ) -> (i32, Reply) {
         let done = |ret: i32, completed: u32| {
             let v = u::VmBindRsp {
                 hdr: u::RspHdr::for_response::<u::VmBindRsp>(ret),
@@ -1261,7 +1301,7 @@ impl NativeContext {
         env: &SubmitEnv<'_>,
         rsp: &Arc<RspMem>,
         tracker: Option<&Arc<WorkTracker>>,
-    ) -> (i32, Vec<u8>) {
+    ) -> (i32, Reply) {
         let done = |ret: i32| {
             let v = u::GroupSubmitRsp {
                 hdr: u::RspHdr::for_response::<u::GroupSubmitRsp>(ret),
@@ -1516,7 +1556,7 @@ impl NativeContext {
         env: &SubmitEnv<'_>,
         rsp: &Arc<RspMem>,
         tracker: Option<&Arc<WorkTracker>>,
-    ) -> (i32, Vec<u8>) {
+    ) -> (i32, Reply) {
         let done = |ret: i32| {
             let v = u::SyncobjWaitRsp {
                 hdr: u::RspHdr::for_response::<u::SyncobjWaitRsp>(ret),

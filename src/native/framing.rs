@@ -41,14 +41,40 @@ pub enum FramingError {
 
 /// Splits `buf` into `(header, body)` pairs.
 pub fn parse_commands(buf: &[u8]) -> Result<Vec<(NativeCmdHdr, &[u8])>, FramingError> {
-    if buf.is_empty() {
-        return Err(FramingError::Empty);
+    commands(buf).collect()
+}
+
+/// The commands of `buf` in order, each checked as it is reached. After an
+/// error nothing more comes. Walking a buffer twice (check everything,
+/// then run) costs no allocation.
+pub fn commands(buf: &[u8]) -> Commands<'_> {
+    Commands {
+        buf,
+        offset: 0,
+        count: 0,
+        failed: false,
     }
-    let hdr_len = std::mem::size_of::<NativeCmdHdr>();
-    let mut out = Vec::new();
-    let mut offset = 0usize;
-    while offset < buf.len() {
-        let rest = &buf[offset..];
+}
+
+/// The iterator of [`commands`].
+#[derive(Debug, Clone)]
+pub struct Commands<'a> {
+    buf: &'a [u8],
+    offset: usize,
+    count: u32,
+    failed: bool,
+}
+
+impl<'a> Commands<'a> {
+    fn split(&mut self) -> Result<Option<(NativeCmdHdr, &'a [u8])>, FramingError> {
+        if self.buf.is_empty() {
+            return Err(FramingError::Empty);
+        }
+        let offset = self.offset;
+        let Some(rest) = self.buf.get(offset..).filter(|r| !r.is_empty()) else {
+            return Ok(None);
+        };
+        let hdr_len = std::mem::size_of::<NativeCmdHdr>();
         let mut hdr = NativeCmdHdr::default();
         hdr.as_mut_slice().copy_from_slice(
             rest.get(..hdr_len)
@@ -68,13 +94,26 @@ pub fn parse_commands(buf: &[u8]) -> Result<Vec<(NativeCmdHdr, &[u8])>, FramingE
             offset,
             len: hdr.len,
         })?;
-        if out.len() == MAX_COMMANDS_PER_SUBMIT as usize {
+        if self.count == MAX_COMMANDS_PER_SUBMIT {
             return Err(FramingError::TooMany);
         }
-        out.push((hdr, body));
-        offset += len;
+        self.count += 1;
+        self.offset += len;
+        Ok(Some((hdr, body)))
     }
-    Ok(out)
+}
+
+impl<'a> Iterator for Commands<'a> {
+    type Item = Result<(NativeCmdHdr, &'a [u8]), FramingError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let r = self.split();
+        self.failed = r.is_err();
+        r.transpose()
+    }
 }
 
 #[cfg(test)]

@@ -253,6 +253,9 @@ pub struct GpuState {
     guest_mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     pending: Option<Arc<WorkTracker>>,
     destroyed_ctx: Option<u32>,
+    /// The copy of the last SUBMIT_3D's command buffer, kept for its
+    /// capacity.
+    submit_buf: Vec<u8>,
 }
 
 fn is_2d(kind: &ResourceKind) -> bool {
@@ -288,6 +291,7 @@ impl GpuState {
             guest_mem: None,
             pending: None,
             destroyed_ctx: None,
+            submit_buf: Vec::new(),
         }
     }
 
@@ -386,7 +390,7 @@ impl GpuState {
                 CtrlHdr::default(),
                 Err(CmdError::Unspec("unreadable request descriptors".into())),
             ),
-            Some(mut reader) => match reader.clone().read_obj::<CtrlHdr>() {
+            Some(mut reader) => match reader.read_obj::<CtrlHdr>() {
                 Err(_) => (
                     CtrlHdr::default(),
                     Err(CmdError::Unspec("request shorter than a header".into())),
@@ -476,29 +480,29 @@ impl GpuState {
         }
         match hdr.type_ {
             cmd::GET_DISPLAY_INFO => self.get_display_info(),
-            cmd::GET_EDID => self.get_edid(read(r)?),
-            cmd::GET_CAPSET_INFO => self.get_capset_info(read(r)?),
-            cmd::GET_CAPSET => self.get_capset(read(r)?),
-            cmd::RESOURCE_CREATE_2D => self.resource_create_2d(read(r)?),
-            cmd::RESOURCE_CREATE_3D => self.need_virgl()?.resource_create_3d(read(r)?),
-            cmd::RESOURCE_CREATE_BLOB => self.resource_create_blob(read(r)?, r, mem),
-            cmd::RESOURCE_UNREF => self.resource_unref(read(r)?),
-            cmd::RESOURCE_ATTACH_BACKING => self.attach_backing(read(r)?, r, mem),
-            cmd::RESOURCE_DETACH_BACKING => self.detach_backing(read(r)?),
-            cmd::TRANSFER_TO_HOST_2D => self.transfer_to_host_2d(read(r)?, mem),
-            cmd::TRANSFER_TO_HOST_3D => self.need_virgl()?.transfer_3d(read(r)?, mem, true),
-            cmd::TRANSFER_FROM_HOST_3D => self.need_virgl()?.transfer_3d(read(r)?, mem, false),
-            cmd::SET_SCANOUT => self.set_scanout(read(r)?),
-            cmd::SET_SCANOUT_BLOB => self.set_scanout_blob(read(r)?),
-            cmd::RESOURCE_FLUSH => self.resource_flush(read(r)?, mem),
-            cmd::RESOURCE_ASSIGN_UUID => self.assign_uuid(read(r)?),
-            cmd::RESOURCE_MAP_BLOB => self.map_blob(read(r)?),
-            cmd::RESOURCE_UNMAP_BLOB => self.unmap_blob(read(r)?),
-            cmd::CTX_CREATE => self.need_virgl()?.ctx_create(read(r)?),
+            cmd::GET_EDID => self.get_edid(read(hdr, r)?),
+            cmd::GET_CAPSET_INFO => self.get_capset_info(read(hdr, r)?),
+            cmd::GET_CAPSET => self.get_capset(read(hdr, r)?),
+            cmd::RESOURCE_CREATE_2D => self.resource_create_2d(read(hdr, r)?),
+            cmd::RESOURCE_CREATE_3D => self.need_virgl()?.resource_create_3d(read(hdr, r)?),
+            cmd::RESOURCE_CREATE_BLOB => self.resource_create_blob(read(hdr, r)?, r, mem),
+            cmd::RESOURCE_UNREF => self.resource_unref(read(hdr, r)?),
+            cmd::RESOURCE_ATTACH_BACKING => self.attach_backing(read(hdr, r)?, r, mem),
+            cmd::RESOURCE_DETACH_BACKING => self.detach_backing(read(hdr, r)?),
+            cmd::TRANSFER_TO_HOST_2D => self.transfer_to_host_2d(read(hdr, r)?, mem),
+            cmd::TRANSFER_TO_HOST_3D => self.need_virgl()?.transfer_3d(read(hdr, r)?, mem, true),
+            cmd::TRANSFER_FROM_HOST_3D => self.need_virgl()?.transfer_3d(read(hdr, r)?, mem, false),
+            cmd::SET_SCANOUT => self.set_scanout(read(hdr, r)?),
+            cmd::SET_SCANOUT_BLOB => self.set_scanout_blob(read(hdr, r)?),
+            cmd::RESOURCE_FLUSH => self.resource_flush(read(hdr, r)?, mem),
+            cmd::RESOURCE_ASSIGN_UUID => self.assign_uuid(read(hdr, r)?),
+            cmd::RESOURCE_MAP_BLOB => self.map_blob(read(hdr, r)?),
+            cmd::RESOURCE_UNMAP_BLOB => self.unmap_blob(read(hdr, r)?),
+            cmd::CTX_CREATE => self.need_virgl()?.ctx_create(read(hdr, r)?),
             cmd::CTX_DESTROY => self.need_virgl()?.ctx_destroy(hdr),
-            cmd::CTX_ATTACH_RESOURCE => self.need_virgl()?.ctx_attach(read(r)?, true),
-            cmd::CTX_DETACH_RESOURCE => self.need_virgl()?.ctx_attach(read(r)?, false),
-            cmd::SUBMIT_3D => self.need_virgl()?.submit_3d(read(r)?, r),
+            cmd::CTX_ATTACH_RESOURCE => self.need_virgl()?.ctx_attach(read(hdr, r)?, true),
+            cmd::CTX_DETACH_RESOURCE => self.need_virgl()?.ctx_attach(read(hdr, r)?, false),
+            cmd::SUBMIT_3D => self.need_virgl()?.submit_3d(read(hdr, r)?, r),
             cmd::UPDATE_CURSOR | cmd::MOVE_CURSOR => {
                 Err(invalid("cursor command on the control queue"))
             }
@@ -508,8 +512,8 @@ impl GpuState {
 
     fn dispatch_cursor(&mut self, hdr: &CtrlHdr, r: &mut Reader<'_>) -> Result<Resp, CmdError> {
         match hdr.type_ {
-            cmd::UPDATE_CURSOR => self.update_cursor(read(r)?, true),
-            cmd::MOVE_CURSOR => self.update_cursor(read(r)?, false),
+            cmd::UPDATE_CURSOR => self.update_cursor(read(hdr, r)?, true),
+            cmd::MOVE_CURSOR => self.update_cursor(read(hdr, r)?, false),
             other => Err(CmdError::Unspec(format!(
                 "command {other:#x} on the cursor queue"
             ))),
@@ -1340,9 +1344,24 @@ impl GpuState {
                 r.available_bytes()
             )));
         }
-        let mut buf = vec![0u8; req.size as usize];
-        std::io::Read::read_exact(r, &mut buf)
-            .map_err(|e| invalid(format!("reading command buffer: {e}")))?;
+        // The buffer is copied once, so the guest cannot change it while
+        // it is parsed. The copy's storage is kept for the next one unless
+        // it is larger than usual.
+        let mut buf = std::mem::take(&mut self.submit_buf);
+        buf.clear();
+        buf.resize(req.size as usize, 0);
+        let r = std::io::Read::read_exact(r, &mut buf)
+            .map_err(|e| invalid(format!("reading command buffer: {e}")))
+            .and_then(|()| self.run_submit(&req, &buf));
+        if buf.capacity() <= KEPT_SUBMIT_BYTES {
+            self.submit_buf = buf;
+        }
+        r
+    }
+
+    /// SUBMIT_3D once its command buffer is copied.
+    fn run_submit(&mut self, req: &CmdSubmit, buf: &[u8]) -> Result<Resp, CmdError> {
+        let ctx_id = req.hdr.ctx_id;
         let fence = self.fence_of(&req.hdr).map(|t| (t, req.hdr.fence_id));
         let Some(mem) = self.guest_mem.as_ref() else {
             return Err(CmdError::Unspec("no guest memory".into()));
@@ -1362,7 +1381,7 @@ impl GpuState {
         };
         self.pending = ctx
             .native
-            .submit(&buf, &env)
+            .submit(buf, &env)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Resp::NoData)
     }
@@ -1419,14 +1438,26 @@ impl GpuState {
     }
 }
 
-/// Reads the whole fixed-size request `T` (header included).
-fn read<T: ByteValued>(r: &mut Reader<'_>) -> Result<T, CmdError> {
-    r.read_obj::<T>().map_err(|_| {
+/// The largest SUBMIT_3D buffer whose storage is kept for the next one.
+const KEPT_SUBMIT_BYTES: usize = 64 << 10;
+
+/// The fixed-size request `T`: the header already read, then the rest of
+/// `T` from `r`.
+fn read<T: ByteValued + Default>(hdr: &CtrlHdr, r: &mut Reader<'_>) -> Result<T, CmdError> {
+    let short = || {
         invalid(format!(
             "request shorter than its {}-byte structure",
             std::mem::size_of::<T>()
         ))
-    })
+    };
+    let mut v = T::default();
+    let bytes = v.as_mut_slice();
+    let (head, rest) = bytes
+        .split_at_mut_checked(std::mem::size_of::<CtrlHdr>())
+        .ok_or_else(short)?;
+    head.copy_from_slice(hdr.as_slice());
+    std::io::Read::read_exact(r, rest).map_err(|_| short())?;
+    Ok(v)
 }
 
 /// Writes a response header and body. A writable area too small for the
