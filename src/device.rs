@@ -29,6 +29,7 @@ use crate::display::FrontendDisplay;
 use crate::guest_warn;
 use crate::log_limit::LogLimiter;
 use crate::native::FenceSink;
+use crate::virtio_gpu::chain::ChainBuffers;
 use crate::virtio_gpu::control::{GpuConfig, GpuState, Negotiated};
 use crate::virtio_gpu::fence::{FenceRings, HeldChain, Timeline};
 use crate::virtio_gpu::protocol::*;
@@ -298,6 +299,7 @@ impl GpuDevice {
     ) -> (Vec<HeldChain>, bool) {
         let mut ready = Vec::new();
         let mut broken = false;
+        let mut bufs = ChainBuffers::default();
         loop {
             let guard = atomic.memory();
             let chain = {
@@ -319,8 +321,9 @@ impl GpuDevice {
             };
             let head = chain.head_index();
             let mem: Arc<GuestMemoryMmap> = guard.into_inner();
-            let reader = chain.clone().reader(&*mem).ok();
-            let mut writer = chain.writer(&*mem).ok();
+            bufs.walk(chain, &mem);
+            let reader = bufs.reader(&mem).ok();
+            let mut writer = bufs.writer(&mem).ok();
             let outcome =
                 lock(&self.state).handle(&mem, reader, writer.as_mut(), queue == CURSOR_QUEUE);
             self.commands.fetch_add(1, Ordering::Relaxed);

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use log::debug;
 use thiserror::Error;
-use virtio_queue::{Reader, Writer};
 use vm_memory::{ByteValued, GuestMemoryAtomic, GuestMemoryMmap};
 
+use super::chain::{ChainReader as Reader, ChainWriter as Writer};
 use super::edid;
 use super::fence::Timeline;
 use super::protocol::*;
@@ -1350,7 +1350,8 @@ impl GpuState {
         let mut buf = std::mem::take(&mut self.submit_buf);
         buf.clear();
         buf.resize(req.size as usize, 0);
-        let r = std::io::Read::read_exact(r, &mut buf)
+        let r = r
+            .read_exact(&mut buf)
             .map_err(|e| invalid(format!("reading command buffer: {e}")))
             .and_then(|()| self.run_submit(&req, &buf));
         if buf.capacity() <= KEPT_SUBMIT_BYTES {
@@ -1456,7 +1457,7 @@ fn read<T: ByteValued + Default>(hdr: &CtrlHdr, r: &mut Reader<'_>) -> Result<T,
         .split_at_mut_checked(std::mem::size_of::<CtrlHdr>())
         .ok_or_else(short)?;
     head.copy_from_slice(hdr.as_slice());
-    std::io::Read::read_exact(r, rest).map_err(|_| short())?;
+    r.read_exact(rest).map_err(|_| short())?;
     Ok(v)
 }
 
@@ -1472,7 +1473,7 @@ fn write_response(w: &mut Writer<'_>, hdr: CtrlHdr, body: &[u8], limiter: &mut L
         );
         return 0;
     }
-    let ok = w.write_obj(hdr).is_ok() && std::io::Write::write_all(w, body).is_ok();
+    let ok = w.write_obj(hdr).is_ok() && w.write_all(body).is_ok();
     if !ok {
         guest_warn!(limiter, "writing the response failed");
     }
