@@ -15,7 +15,8 @@
 //!   native NOP, one in flight, and GET_DISPLAY_INFO at 64 per kick;
 //! - a fenced no-op GPU job (a SUBMIT_3D with one GROUP_SUBMIT of a 64-byte
 //!   NOP stream, completed from the engine thread when the job has run): one
-//!   in flight (p50, p99) and 64 per kick. Each is printed as a ratio to the
+//!   in flight (p50, p99) and 64 per kick; and 64 such GROUP_SUBMITs packed
+//!   in one fenced SUBMIT_3D per kick. Each is printed as a ratio to the
 //!   echo figure of the same placement and wait mode.
 //!
 //! `cargo bench --bench transport`; `TRANSPORT_ITERS` (default 20000) sets
@@ -432,29 +433,40 @@ fn gpu_jobs(g: &mut GpuDriver, iters: usize, batches: usize, floor: (f64, f64)) 
             }),
         ],
     );
-    let mut w = CommandWriter::<GroupSubmitReq>::new(8, 0);
-    let subs = w.array(&[QueueSubmit {
-        queue_index: 0,
-        stream_size: 64,
-        stream_addr: DATA_VA,
-        ..Default::default()
-    }]);
-    let job = w.finish(&GroupSubmitReq {
-        group_handle: 1,
-        pad: 0,
-        queue_submits: subs,
-    });
-    // The VM's bind queue has ring 1, the group's queue ring 2.
-    let mut h = fenced(cmd::SUBMIT_3D, ctx, 1, Some(2));
-    h.type_ = cmd::SUBMIT_3D;
-    let req = with_tail(
-        &CmdSubmit {
-            hdr: h,
-            size: job.len() as u32,
-            num_in_fences: 0,
-        },
-        &job,
-    );
+    // A GROUP_SUBMIT of one job; no response (rsp_off 0).
+    let group_submit = |seqno: u32| {
+        let mut w = CommandWriter::<GroupSubmitReq>::new(seqno, 0);
+        let subs = w.array(&[QueueSubmit {
+            queue_index: 0,
+            stream_size: 64,
+            stream_addr: DATA_VA,
+            ..Default::default()
+        }]);
+        w.finish(&GroupSubmitReq {
+            group_handle: 1,
+            pad: 0,
+            queue_submits: subs,
+        })
+    };
+    // A fenced SUBMIT_3D carrying `cmds`, on the group queue's ring (the
+    // VM's bind queue has ring 1, the group's queue ring 2).
+    let submit = |cmds: &[u8]| {
+        let mut h = fenced(cmd::SUBMIT_3D, ctx, 1, Some(2));
+        h.type_ = cmd::SUBMIT_3D;
+        with_tail(
+            &CmdSubmit {
+                hdr: h,
+                size: cmds.len() as u32,
+                num_in_fences: 0,
+            },
+            cmds,
+        )
+    };
+    let req = submit(&group_submit(8));
+    let packed: Vec<u8> = (0..BATCH as u32)
+        .flat_map(|i| group_submit(8 + i))
+        .collect();
+    let packed_req = submit(&packed);
     let hdr_len = std::mem::size_of::<CtrlHdr>();
     let vmm = &mut g.vmm;
     let label = "fenced no-op GPU job";
@@ -476,6 +488,36 @@ fn gpu_jobs(g: &mut GpuDriver, iters: usize, batches: usize, floor: (f64, f64)) 
         rps / 1e6,
         rps / floor.1
     );
+    // The same jobs packed as 64 GROUP_SUBMITs in one fenced SUBMIT_3D per
+    // kick: the per-request costs (chain, SUBMIT_3D, fence) once per 64.
+    packed_batches(vmm, &packed_req, hdr_len, batches / 10 + 1);
+    let jps = packed_batches(vmm, &packed_req, hdr_len, batches);
+    println!(
+        "  {:<28} {:>7.3} M jobs/s, {:.2}x echo",
+        format!("GPU jobs {BATCH}/SUBMIT_3D"),
+        jps / 1e6,
+        jps / floor.1
+    );
+}
+
+/// Jobs per second with one chain of `BATCH` jobs per kick.
+fn packed_batches(vmm: &mut TestVmm, req: &[u8], resp_len: usize, batches: usize) -> f64 {
+    let req_addr = vmm.alloc(req.len() as u64, 64).expect("alloc");
+    let resp = vmm.alloc(resp_len as u64, 64).expect("alloc");
+    vmm.write_guest(req_addr, req).expect("write");
+    let chain = [
+        Buf::readable(req_addr, req.len() as u32),
+        Buf::writable(resp, resp_len as u32),
+    ];
+    let q = vmm.queue(0);
+    let t = Instant::now();
+    for _ in 0..batches {
+        q.add_chain(&chain).expect("add_chain");
+        q.kick().expect("kick");
+        let got = q.wait_used_many(1, WAIT);
+        assert_eq!(got.len(), 1, "batch timed out");
+    }
+    (batches * BATCH) as f64 / t.elapsed().as_secs_f64()
 }
 
 fn socket_path(tag: &str) -> PathBuf {
