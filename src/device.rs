@@ -300,11 +300,14 @@ impl GpuDevice {
         let mut ready = Vec::new();
         let mut broken = false;
         let mut bufs = ChainBuffers::default();
+        // One snapshot of guest memory for the batch, as the backend
+        // library takes one per event: a memory table set meanwhile applies
+        // from the next kick on (the old mappings stay valid until then).
+        let mem: Arc<GuestMemoryMmap> = atomic.memory().into_inner();
         loop {
-            let guard = atomic.memory();
             let chain = {
                 let mut st = vring.get_mut();
-                match st.get_queue_mut().iter(guard.clone()) {
+                match st.get_queue_mut().iter(&*mem) {
                     Ok(mut it) => it.next(),
                     Err(e) => {
                         guest_warn!(
@@ -320,7 +323,6 @@ impl GpuDevice {
                 break;
             };
             let head = chain.head_index();
-            let mem: Arc<GuestMemoryMmap> = guard.into_inner();
             bufs.walk(chain, &mem);
             let reader = bufs.reader(&mem).ok();
             let mut writer = bufs.writer(&mem).ok();

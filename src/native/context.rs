@@ -76,6 +76,8 @@ pub struct SubmitEnv<'a> {
     pub resources: &'a ResourceTable,
     /// Guest memory.
     pub mem: &'a GuestMemoryAtomic<GuestMemoryMmap>,
+    /// The snapshot of `mem` the request is handled with.
+    pub snapshot: &'a GuestMemoryMmap,
     /// The SUBMIT_3D's fence, if fenced.
     pub fence: Option<(Timeline, u64)>,
     /// Where completed fences go.
@@ -370,7 +372,7 @@ impl NativeContext {
             (Some((t, id)), Some(sink)) => Some(WorkTracker::new(t, id, sink.clone())),
             _ => None,
         };
-        let guard = env.mem.memory();
+        let guard = env.snapshot;
         for (h, body) in commands(buf).map_while(Result::ok) {
             self.commands_seen += 1;
             let c = Cmd {
@@ -381,12 +383,12 @@ impl NativeContext {
             match h.cmd {
                 u::NATIVE_CMD_NOP => {
                     if let Some(r) = &self.rsp {
-                        r.command_done(&*guard, h.seqno, 0);
+                        r.command_done(guard, h.seqno, 0);
                     }
                 }
                 u::NATIVE_CMD_INIT => {
                     let first = self.rsp.is_none();
-                    if !self.init(&c, env, &*guard) && first {
+                    if !self.init(&c, env, guard) && first {
                         break;
                     }
                 }
@@ -404,7 +406,7 @@ impl NativeContext {
                                 u::command_name(cmd).unwrap_or("?"),
                                 h.rsp_off
                             );
-                            rsp.command_done(&*guard, h.seqno, -e);
+                            rsp.command_done(guard, h.seqno, -e);
                             continue;
                         }
                     };
@@ -426,18 +428,18 @@ impl NativeContext {
                     }
                     if want {
                         let at = u64::from(h.rsp_off);
-                        rsp.write(&*guard, at, &out);
+                        rsp.write(guard, at, &out);
                         // A DEV_QUERY for more than the object: the rest
                         // of its response is zeros.
                         let written = out.len() as u64;
                         if ret == 0 && written < len {
-                            rsp.zero(&*guard, at + written, len - written);
+                            rsp.zero(guard, at + written, len - written);
                         }
                     }
                     for id in self.to_arm.drain(..) {
-                        self.shared.arm(id, &*guard);
+                        self.shared.arm(id, guard);
                     }
-                    rsp.command_done(&*guard, h.seqno, ret);
+                    rsp.command_done(guard, h.seqno, ret);
                 }
             }
         }

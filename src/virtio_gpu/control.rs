@@ -502,7 +502,7 @@ impl GpuState {
             cmd::CTX_DESTROY => self.need_virgl()?.ctx_destroy(hdr),
             cmd::CTX_ATTACH_RESOURCE => self.need_virgl()?.ctx_attach(read(hdr, r)?, true),
             cmd::CTX_DETACH_RESOURCE => self.need_virgl()?.ctx_attach(read(hdr, r)?, false),
-            cmd::SUBMIT_3D => self.need_virgl()?.submit_3d(read(hdr, r)?, r),
+            cmd::SUBMIT_3D => self.need_virgl()?.submit_3d(read(hdr, r)?, r, mem),
             cmd::UPDATE_CURSOR | cmd::MOVE_CURSOR => {
                 Err(invalid("cursor command on the control queue"))
             }
@@ -1323,7 +1323,12 @@ impl GpuState {
         Ok(Resp::NoData)
     }
 
-    fn submit_3d(&mut self, req: CmdSubmit, r: &mut Reader<'_>) -> Result<Resp, CmdError> {
+    fn submit_3d(
+        &mut self,
+        req: CmdSubmit,
+        r: &mut Reader<'_>,
+        snapshot: &GuestMemoryMmap,
+    ) -> Result<Resp, CmdError> {
         let ctx_id = req.hdr.ctx_id;
         if !self.contexts.contains_key(&ctx_id) {
             return Err(CmdError::InvalidContext(ctx_id));
@@ -1353,7 +1358,7 @@ impl GpuState {
         let r = r
             .read_exact(&mut buf)
             .map_err(|e| invalid(format!("reading command buffer: {e}")))
-            .and_then(|()| self.run_submit(&req, &buf));
+            .and_then(|()| self.run_submit(&req, &buf, snapshot));
         if buf.capacity() <= KEPT_SUBMIT_BYTES {
             self.submit_buf = buf;
         }
@@ -1361,7 +1366,12 @@ impl GpuState {
     }
 
     /// SUBMIT_3D once its command buffer is copied.
-    fn run_submit(&mut self, req: &CmdSubmit, buf: &[u8]) -> Result<Resp, CmdError> {
+    fn run_submit(
+        &mut self,
+        req: &CmdSubmit,
+        buf: &[u8],
+        snapshot: &GuestMemoryMmap,
+    ) -> Result<Resp, CmdError> {
         let ctx_id = req.hdr.ctx_id;
         let fence = self.fence_of(&req.hdr).map(|t| (t, req.hdr.fence_id));
         let Some(mem) = self.guest_mem.as_ref() else {
@@ -1377,6 +1387,7 @@ impl GpuState {
             full: full && ctx.capset_id == CAPSET_ID_DRM,
             resources: &self.resources,
             mem,
+            snapshot,
             fence,
             sink: self.sink.clone(),
         };
