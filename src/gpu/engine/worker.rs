@@ -33,7 +33,7 @@ use crate::gpu::mmu::{BindOp, GpuVm};
 use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcome};
 use crate::idmap::IdMap;
 
-/// Instructions per slice of a pass run inline ([`InlinePass`]): plenty
+/// Instructions per slice of a pass run inline (`InlinePass`): plenty
 /// for a job's ring wrapper and a short stream, little enough that a
 /// guest's long streams hold the caller (the transport's worker, shared by
 /// every context) for at most 16 x 4096 instructions (about 0.1 ms at the

@@ -7,7 +7,15 @@
 //! execute access; user streams are fetched the same way), decodes every
 //! word and checks its register and scoreboard operands against the model,
 //! so the execution loop does neither. A fill costs one translation and
-//! one copy of at most 256 bytes, plus a decode per word.
+//! one copy of at most 256 bytes, plus a decode per word, which the
+//! `DecodeCache` (decoded words by value) mostly saves: a queue's jobs
+//! repeat the same wrapper words.
+//!
+//! A stream keeps two windows: the current one and a spare. A CALL, JUMP
+//! or return into the spare's range swaps them (so a ring's window and
+//! the stream each job calls both stay decoded across a slice); running
+//! on past the end of the current window refills it in place; any other
+//! move refills the spare and makes it current.
 //!
 //! Coherency: like a hardware prefetcher, the window is not kept coherent
 //! with every write. It is dropped at the start of every slice, when the
@@ -15,8 +23,8 @@
 //! when the stream itself writes over it (STORE_MULTIPLE, SYNC_ADD/SET,
 //! STORE_STATE at an overlapping VA; writes through another VA aliasing the
 //! same memory are not noticed). A guest CPU write to a buffer the stream
-//! is executing becomes visible at the next fill: the next slice, the next
-//! page, or the next CALL/JUMP/return into another page.
+//! is executing becomes visible at the next fill of that range, at the
+//! latest at the next slice.
 
 use crate::gpu::cs::{decode, Cond, Instr};
 use crate::gpu::mmu::{Fault, PAGE_SIZE};
