@@ -250,4 +250,39 @@ mod tests {
         assert_eq!(f.flush_all(), vec![c(2)]);
         assert_eq!(f.pending(), 0);
     }
+
+    #[test]
+    fn emptied_rings_are_reused_and_what_is_kept_is_bounded() {
+        let mut f = FenceRings::new();
+        let ring = |i: u8| Timeline::Ring {
+            ctx_id: 1,
+            ring_idx: i,
+        };
+        // More rings in use at once than are kept once emptied.
+        let n = SPARE_RINGS as u8 + 4;
+        for i in 0..n {
+            push(&mut f, ring(i), 1, c(u16::from(i)), false);
+        }
+        for i in 0..n {
+            assert_eq!(complete(&mut f, ring(i), 1), vec![c(u16::from(i))]);
+        }
+        assert_eq!(f.pending(), 0);
+        assert!(f.rings.is_empty());
+        assert_eq!(f.spare.len(), SPARE_RINGS);
+        // A new timeline takes a kept buffer and gives it back.
+        push(&mut f, ring(40), 1, c(0), false);
+        assert_eq!(f.spare.len(), SPARE_RINGS - 1);
+        assert_eq!(complete(&mut f, ring(40), 1), vec![c(0)]);
+        assert_eq!(f.spare.len(), SPARE_RINGS);
+        // A ring grown past the kept size is freed, not kept.
+        let big = SPARE_CAPACITY as u64 + 1;
+        for id in 0..big {
+            push(&mut f, ring(41), id, c(0), false);
+        }
+        for id in 0..big {
+            complete(&mut f, ring(41), id);
+        }
+        assert_eq!(f.spare.len(), SPARE_RINGS - 1);
+        assert!(f.spare.iter().all(|r| r.capacity() <= SPARE_CAPACITY));
+    }
 }
