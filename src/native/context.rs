@@ -629,9 +629,6 @@ impl NativeContext {
         *count += add;
         let id = self.next_work;
         self.next_work += 1;
-        if let Some(t) = tracker {
-            t.add();
-        }
         st.works.insert(
             id,
             Work {
@@ -653,6 +650,13 @@ impl NativeContext {
                 rejected: false,
             },
         );
+        drop(st);
+        // Counted before the work is handed to the engine (only its events
+        // drop the count again), and outside the shared-state lock, so that
+        // the two locks are never nested.
+        if let Some(t) = tracker {
+            t.add();
+        }
         self.to_arm.push(id);
         Ok(id)
     }
