@@ -8,8 +8,9 @@
 //! op's result. A VM_BIND's completion event follows its last op.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
-use crate::gpu::mmu::ValidatedOp;
+use crate::gpu::mmu::{Bo, ValidatedOp};
 use crate::gpu::sync::{FenceResult, SignalToken};
 use crate::idmap::IdMap;
 
@@ -57,6 +58,11 @@ impl BindQueues {
     }
 
     /// Queues an op at the back of `vm`'s queue.
+    /// Whether a queued op of any VM maps `bo`.
+    pub fn maps_bo(&self, bo: &Arc<Bo>) -> bool {
+        self.jobs.values().any(|(_, j)| j.op.maps_bo(bo))
+    }
+
     pub fn push(&mut self, vm: u32, id: u64, job: BindJob) {
         self.queues.entry(vm).or_default().push_back(id);
         self.jobs.insert(id, (vm, job));

@@ -121,7 +121,12 @@ impl H {
 
     /// A VM with the code BO mapped at CODE (synchronous bind).
     fn vm(&self) -> u32 {
-        let (vm, _) = self.e().vm_create(0).unwrap();
+        self.vm_and_kernel_start().0
+    }
+
+    /// [`H::vm`], and where its kernel VA window starts.
+    fn vm_and_kernel_start(&self) -> (u32, u64) {
+        let (vm, kernel_start) = self.e().vm_create(0).unwrap();
         self.e()
             .vm_bind(
                 vm,
@@ -138,7 +143,7 @@ impl H {
                 BindMode::Sync,
             )
             .unwrap();
-        vm
+        (vm, kernel_start)
     }
 
     fn group(&self, vm: u32, queues: usize) -> u32 {
@@ -180,6 +185,33 @@ impl H {
             stream_size: bytes.len() as u32,
             latest_flush: 0,
         }
+    }
+
+    /// A binary syncobj that a job (`user_data`) on `queue` of group `g`
+    /// signals once the word at `flag` is non-zero: `w32(flag - CODE, 1)`
+    /// and `memory_changed` open it.
+    fn gate_on_flag(&mut self, g: u32, queue: u32, flag: u64, user_data: u64) -> SyncHandle {
+        let gate = self.e().sync_create(SyncKind::Binary, false).unwrap();
+        let s = self.stream(|b| wait_gt(b, flag, 0));
+        self.e()
+            .group_submit(
+                g,
+                vec![H::job(s, queue, vec![SyncOp::signal(gate, 0)], user_data)],
+            )
+            .unwrap();
+        gate
+    }
+
+    /// An asynchronous VM_BIND (`user_data`) mapping page 0 of the extra
+    /// BO at EXTRA once `gate` is signalled.
+    fn map_extra_after(&self, vm: u32, gate: SyncHandle, user_data: u64) {
+        self.e()
+            .vm_bind(
+                vm,
+                vec![map_extra(self, 0, EXTRA, vec![SyncOp::wait(gate, 0)])],
+                BindMode::Async { user_data },
+            )
+            .unwrap();
     }
 
     fn job(job: JobSubmit, queue: u32, syncs: Vec<SyncOp>, user_data: u64) -> QueueSubmit {
@@ -398,21 +430,11 @@ fn jobs_of_one_submit_chain_and_binds_apply_in_order() {
     let mut h = H::new();
     let vm = h.vm();
     let g = h.group(vm, 2);
-    let gate = h.e().sync_create(SyncKind::Binary, false).unwrap();
     let flag = DATA + 0x200;
-    let s0 = h.stream(|b| wait_gt(b, flag, 0));
-    h.e()
-        .group_submit(g, vec![H::job(s0, 1, vec![SyncOp::signal(gate, 0)], 1)])
-        .unwrap();
+    let gate = h.gate_on_flag(g, 1, flag, 1);
     // VM_BIND A: page 0 at EXTRA, gated. VM_BIND B: page 1 at EXTRA, not
     // gated, but queued behind A on the same VM.
-    h.e()
-        .vm_bind(
-            vm,
-            vec![map_extra(&h, 0, EXTRA, vec![SyncOp::wait(gate, 0)])],
-            BindMode::Async { user_data: 10 },
-        )
-        .unwrap();
+    h.map_extra_after(vm, gate, 10);
     let tl = h.e().sync_create(SyncKind::Timeline, false).unwrap();
     h.e()
         .vm_bind(
@@ -902,4 +924,45 @@ fn posted_submits_run_after_a_ring_and_refusals_are_events() {
         .quiet_for(Duration::from_millis(50))
         .iter()
         .any(|e| matches!(e, EngineEvent::JobDone { user_data: 43, .. })));
+}
+
+#[test]
+fn a_bo_a_queued_map_is_about_to_map_is_refused_as_kernel_memory() {
+    let mut h = H::new();
+    let (vm, kernel_start) = h.vm_and_kernel_start();
+    // A job blocked on a flag signals the gate the MAP waits for.
+    let g = h.group(vm, 1);
+    let flag = DATA + 0x300;
+    let gate = h.gate_on_flag(g, 0, flag, 1);
+    h.map_extra_after(vm, gate, 10);
+    // The MAP waits for the gate; the BO is already promised to the VM.
+    let err = h
+        .e()
+        .map_kernel_memory(vm, h.extra.clone(), kernel_start)
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EBUSY);
+    h.w32(flag - CODE, 1);
+    h.e().memory_changed().unwrap();
+    assert_eq!(h.job_done(1).1, Ok(()));
+    assert_eq!(h.bind_done(10), Ok(()));
+    // Mapped now: still refused.
+    let err = h
+        .e()
+        .map_kernel_memory(vm, h.extra.clone(), kernel_start)
+        .unwrap_err();
+    assert_eq!(err.errno(), libc::EBUSY);
+    // A BO nobody maps or is about to map is accepted.
+    let free = Arc::new(
+        Bo::new(
+            [GuestRange {
+                addr: GuestAddress(20 * MIB),
+                len: MIB,
+            }],
+            &*h.mem,
+            None,
+            &BoLimits::default(),
+        )
+        .unwrap(),
+    );
+    h.e().map_kernel_memory(vm, free, kernel_start).unwrap();
 }

@@ -249,7 +249,13 @@ where
                 let _ = reply.send(self.fw.vm(vm).map(GpuVm::key).map_err(Into::into));
             }
             Command::MapKernelMemory { vm, bo, va, reply } => {
-                let r = self.fw.vm_map_kernel_memory(vm, &bo, va);
+                // A BO that a queued asynchronous MAP is about to map is as
+                // taken as one already mapped.
+                let r = if self.binds.maps_bo(&bo) {
+                    Err(FwError::BoMapped)
+                } else {
+                    self.fw.vm_map_kernel_memory(vm, &bo, va)
+                };
                 let _ = reply.send(r.map_err(Into::into));
             }
             Command::VmBind {

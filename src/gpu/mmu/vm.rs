@@ -408,6 +408,11 @@ impl ValidatedOp {
         matches!(self.op, Validated::Map { .. })
     }
 
+    /// Whether the op maps (part of) `bo`.
+    pub fn maps_bo(&self, bo: &Arc<Bo>) -> bool {
+        matches!(&self.op, Validated::Map { bo: b, .. } if Arc::ptr_eq(b, bo))
+    }
+
     /// The VA range the op changes, if any.
     pub fn va_range(&self) -> Option<Range<u64>> {
         match self.op {
