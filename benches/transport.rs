@@ -186,16 +186,22 @@ fn print_latency(label: &str, s: &Stats) {
     );
 }
 
-/// One request in flight on the bare driver queue: `req` in, a response of
-/// `resp_len` bytes expected back.
-fn round_trips(vmm: &mut TestVmm, req: &[u8], resp_len: usize, n: usize) -> Vec<u64> {
+/// A chain of `req` (copied into fresh guest memory) and a writable
+/// buffer of `resp_len` bytes.
+fn request_chain(vmm: &mut TestVmm, req: &[u8], resp_len: usize) -> [Buf; 2] {
     let req_addr = vmm.alloc(req.len() as u64, 64).expect("alloc");
     let resp = vmm.alloc(resp_len as u64, 64).expect("alloc");
     vmm.write_guest(req_addr, req).expect("write");
-    let chain = [
+    [
         Buf::readable(req_addr, req.len() as u32),
         Buf::writable(resp, resp_len as u32),
-    ];
+    ]
+}
+
+/// One request in flight on the bare driver queue: `req` in, a response of
+/// `resp_len` bytes expected back.
+fn round_trips(vmm: &mut TestVmm, req: &[u8], resp_len: usize, n: usize) -> Vec<u64> {
+    let chain = request_chain(vmm, req, resp_len);
     let q = vmm.queue(0);
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -228,16 +234,9 @@ fn request_round_trips(vmm: &mut TestVmm, n: usize) -> Vec<u64> {
 
 /// Requests per second with `BATCH` copies of `req` per kick.
 fn batched(vmm: &mut TestVmm, req: &[u8], resp_len: usize, batches: usize) -> f64 {
-    let mut chains = Vec::with_capacity(BATCH);
-    for _ in 0..BATCH {
-        let req_addr = vmm.alloc(req.len() as u64, 64).expect("alloc");
-        let resp = vmm.alloc(resp_len as u64, 64).expect("alloc");
-        vmm.write_guest(req_addr, req).expect("write");
-        chains.push([
-            Buf::readable(req_addr, req.len() as u32),
-            Buf::writable(resp, resp_len as u32),
-        ]);
-    }
+    let chains: Vec<[Buf; 2]> = (0..BATCH)
+        .map(|_| request_chain(vmm, req, resp_len))
+        .collect();
     let q = vmm.queue(0);
     let t = Instant::now();
     for _ in 0..batches {
@@ -502,13 +501,7 @@ fn gpu_jobs(g: &mut GpuDriver, iters: usize, batches: usize, floor: (f64, f64)) 
 
 /// Jobs per second with one chain of `BATCH` jobs per kick.
 fn packed_batches(vmm: &mut TestVmm, req: &[u8], resp_len: usize, batches: usize) -> f64 {
-    let req_addr = vmm.alloc(req.len() as u64, 64).expect("alloc");
-    let resp = vmm.alloc(resp_len as u64, 64).expect("alloc");
-    vmm.write_guest(req_addr, req).expect("write");
-    let chain = [
-        Buf::readable(req_addr, req.len() as u32),
-        Buf::writable(resp, resp_len as u32),
-    ];
+    let chain = request_chain(vmm, req, resp_len);
     let q = vmm.queue(0);
     let t = Instant::now();
     for _ in 0..batches {

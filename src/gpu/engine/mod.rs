@@ -415,14 +415,7 @@ impl Engine {
         flags: WaitFlags,
         user_data: u64,
     ) -> Result<(), EngineError> {
-        self.call(|reply| Command::SyncWait {
-            handle,
-            point,
-            flags,
-            user_data,
-            timeout_ns: None,
-            reply,
-        })
+        self.wait(handle, point, flags, user_data, None)
     }
 
     /// [`Engine::sync_wait`] that gives up after `timeout_ns`: if the point
@@ -437,12 +430,23 @@ impl Engine {
         user_data: u64,
         timeout_ns: u64,
     ) -> Result<(), EngineError> {
+        self.wait(handle, point, flags, user_data, Some(timeout_ns))
+    }
+
+    fn wait(
+        &self,
+        handle: SyncHandle,
+        point: u64,
+        flags: WaitFlags,
+        user_data: u64,
+        timeout_ns: Option<u64>,
+    ) -> Result<(), EngineError> {
         self.call(|reply| Command::SyncWait {
             handle,
             point,
             flags,
             user_data,
-            timeout_ns: Some(timeout_ns),
+            timeout_ns,
             reply,
         })
     }
