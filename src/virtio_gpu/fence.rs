@@ -51,10 +51,22 @@ const SPARE_RINGS: usize = 8;
 const SPARE_CAPACITY: usize = 256;
 
 /// Pending fenced responses, per timeline, in submission order.
+///
+/// The rings live in slots; `index` maps each timeline with held chains to
+/// its slot. Timelines are chosen by the guest, so `index` keeps the
+/// standard (collision-resistant) hasher, and `last` remembers the
+/// timeline looked up last with its slot: the fences of a batch are
+/// pushed and completed on one timeline after another, so most lookups
+/// hash nothing. The number of slots is bounded by the chains held at
+/// once, which the queue size bounds.
 #[derive(Debug, Default)]
 pub struct FenceRings {
-    rings: HashMap<Timeline, VecDeque<Pending>>,
-    spare: Vec<VecDeque<Pending>>,
+    index: HashMap<Timeline, usize>,
+    slots: Vec<VecDeque<Pending>>,
+    /// Slots of emptied rings, last freed on top. Only the bottom
+    /// [`SPARE_RINGS`] keep their buffers.
+    free: Vec<usize>,
+    last: Option<(Timeline, usize)>,
     pending: usize,
 }
 
@@ -80,36 +92,42 @@ impl FenceRings {
         done: bool,
         out: &mut Vec<HeldChain>,
     ) {
-        let spare = &mut self.spare;
-        let ring = self
-            .rings
-            .entry(timeline)
-            .or_insert_with(|| spare.pop().unwrap_or_default());
-        ring.push_back(Pending {
+        let slot = match self.slot_of(timeline) {
+            Some(slot) => slot,
+            // Nothing earlier to wait for.
+            None if done => return out.push(chain),
+            None => self.open(timeline),
+        };
+        self.slots[slot].push_back(Pending {
             fence_id,
             chain,
             done,
         });
         self.pending += 1;
-        self.drain_ready(timeline, out);
+        self.drain_ready(timeline, slot, out);
     }
 
     /// Marks the work of the oldest not-yet-done entry with `fence_id` on
     /// `timeline` as complete. Appends the chains that may be returned now
     /// to `out`. Unknown fences are ignored.
     pub fn complete(&mut self, timeline: Timeline, fence_id: u64, out: &mut Vec<HeldChain>) {
-        self.drain_ready_with(timeline, out, |ring| {
-            if let Some(p) = ring.iter_mut().find(|p| !p.done && p.fence_id == fence_id) {
-                p.done = true;
-            }
-        });
+        let Some(slot) = self.slot_of(timeline) else {
+            return;
+        };
+        if let Some(p) = self.slots[slot]
+            .iter_mut()
+            .find(|p| !p.done && p.fence_id == fence_id)
+        {
+            p.done = true;
+        }
+        self.drain_ready(timeline, slot, out);
     }
 
     /// Completes everything held for `ctx_id` (context destroyed): all its
     /// chains are returned in ring order.
     pub fn flush_context(&mut self, ctx_id: u32) -> Vec<HeldChain> {
         let mut keys: Vec<Timeline> = self
-            .rings
+            .index
             .keys()
             .copied()
             .filter(|t| matches!(t, Timeline::Ring { ctx_id: c, .. } if *c == ctx_id))
@@ -121,50 +139,72 @@ impl FenceRings {
     /// Completes everything held on every timeline (device reset or
     /// disconnect).
     pub fn flush_all(&mut self) -> Vec<HeldChain> {
-        let mut keys: Vec<Timeline> = self.rings.keys().copied().collect();
+        let mut keys: Vec<Timeline> = self.index.keys().copied().collect();
         keys.sort();
         self.take_all(&keys)
     }
 
     fn take_all(&mut self, keys: &[Timeline]) -> Vec<HeldChain> {
         let mut out = Vec::new();
-        for key in keys {
-            if let Some(ring) = self.rings.remove(key) {
+        for &key in keys {
+            if let Some(slot) = self.slot_of(key) {
+                let ring = &mut self.slots[slot];
                 self.pending -= ring.len();
-                out.extend(ring.into_iter().map(|p| p.chain));
+                out.extend(ring.drain(..).map(|p| p.chain));
+                self.close(key, slot);
             }
         }
         out
     }
 
-    fn drain_ready(&mut self, timeline: Timeline, out: &mut Vec<HeldChain>) {
-        self.drain_ready_with(timeline, out, |_| {});
+    /// The slot of `timeline`'s ring, if it holds chains.
+    fn slot_of(&mut self, timeline: Timeline) -> Option<usize> {
+        match self.last {
+            Some((t, slot)) if t == timeline => Some(slot),
+            _ => {
+                let slot = *self.index.get(&timeline)?;
+                self.last = Some((timeline, slot));
+                Some(slot)
+            }
+        }
     }
 
-    /// Applies `update` to the ring of `timeline`, then moves its done
-    /// entries at the front to `out`; one map lookup unless the ring
-    /// empties.
-    fn drain_ready_with(
-        &mut self,
-        timeline: Timeline,
-        out: &mut Vec<HeldChain>,
-        update: impl FnOnce(&mut VecDeque<Pending>),
-    ) {
-        let Some(ring) = self.rings.get_mut(&timeline) else {
-            return;
-        };
-        update(ring);
+    /// Gives `timeline` an empty ring, reusing a freed slot if any.
+    fn open(&mut self, timeline: Timeline) -> usize {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(VecDeque::new());
+            self.slots.len() - 1
+        });
+        self.index.insert(timeline, slot);
+        self.last = Some((timeline, slot));
+        slot
+    }
+
+    /// Frees the emptied ring of `timeline`, keeping its buffer if it is
+    /// among the first [`SPARE_RINGS`] free slots and not too large.
+    fn close(&mut self, timeline: Timeline, slot: usize) {
+        self.index.remove(&timeline);
+        if self.last.is_some_and(|(t, _)| t == timeline) {
+            self.last = None;
+        }
+        let ring = &mut self.slots[slot];
+        if self.free.len() >= SPARE_RINGS || ring.capacity() > SPARE_CAPACITY {
+            *ring = VecDeque::new();
+        }
+        self.free.push(slot);
+    }
+
+    /// Moves the done entries at the front of `slot`'s ring to `out`, and
+    /// frees the ring if that empties it.
+    fn drain_ready(&mut self, timeline: Timeline, slot: usize, out: &mut Vec<HeldChain>) {
+        let ring = &mut self.slots[slot];
         while let Some(p) = ring.front().filter(|p| p.done) {
             out.push(p.chain);
             ring.pop_front();
             self.pending -= 1;
         }
         if ring.is_empty() {
-            if let Some(ring) = self.rings.remove(&timeline) {
-                if self.spare.len() < SPARE_RINGS && ring.capacity() <= SPARE_CAPACITY {
-                    self.spare.push(ring);
-                }
-            }
+            self.close(timeline, slot);
         }
     }
 }
@@ -254,6 +294,12 @@ mod tests {
     #[test]
     fn emptied_rings_are_reused_and_what_is_kept_is_bounded() {
         let mut f = FenceRings::new();
+        let kept = |f: &FenceRings| {
+            f.free
+                .iter()
+                .filter(|&&s| f.slots[s].capacity() > 0)
+                .count()
+        };
         let ring = |i: u8| Timeline::Ring {
             ctx_id: 1,
             ring_idx: i,
@@ -267,13 +313,24 @@ mod tests {
             assert_eq!(complete(&mut f, ring(i), 1), vec![c(u16::from(i))]);
         }
         assert_eq!(f.pending(), 0);
-        assert!(f.rings.is_empty());
-        assert_eq!(f.spare.len(), SPARE_RINGS);
-        // A new timeline takes a kept buffer and gives it back.
+        assert!(f.index.is_empty());
+        assert_eq!(f.slots.len(), usize::from(n));
+        assert_eq!(f.free.len(), usize::from(n));
+        assert_eq!(kept(&f), SPARE_RINGS);
+        // A new timeline takes a free slot and gives it back; no new slot.
         push(&mut f, ring(40), 1, c(0), false);
-        assert_eq!(f.spare.len(), SPARE_RINGS - 1);
         assert_eq!(complete(&mut f, ring(40), 1), vec![c(0)]);
-        assert_eq!(f.spare.len(), SPARE_RINGS);
+        assert_eq!(f.slots.len(), usize::from(n));
+        assert_eq!(kept(&f), SPARE_RINGS);
+        // Reusing the kept buffers: the bottom slots of the free list.
+        for i in 0..n {
+            push(&mut f, ring(i), 2, c(0), false);
+        }
+        assert!(f.free.is_empty());
+        for i in 0..n {
+            complete(&mut f, ring(i), 2);
+        }
+        assert_eq!(kept(&f), SPARE_RINGS);
         // A ring grown past the kept size is freed, not kept.
         let big = SPARE_CAPACITY as u64 + 1;
         for id in 0..big {
@@ -282,7 +339,26 @@ mod tests {
         for id in 0..big {
             complete(&mut f, ring(41), id);
         }
-        assert_eq!(f.spare.len(), SPARE_RINGS - 1);
-        assert!(f.spare.iter().all(|r| r.capacity() <= SPARE_CAPACITY));
+        assert!(f
+            .free
+            .iter()
+            .all(|&s| f.slots[s].capacity() <= SPARE_CAPACITY));
+        assert_eq!(f.pending(), 0);
+    }
+
+    #[test]
+    fn the_remembered_timeline_follows_frees_and_reuse() {
+        let mut f = FenceRings::new();
+        // R0 takes slot 0, empties (slot freed), then R1 reuses slot 0.
+        push(&mut f, R0, 1, c(0), false);
+        assert_eq!(complete(&mut f, R0, 1), vec![c(0)]);
+        push(&mut f, R1, 1, c(1), false);
+        // R0 holds nothing now: completing it must not touch R1's ring.
+        assert!(complete(&mut f, R0, 1).is_empty());
+        assert_eq!(f.pending(), 1);
+        push(&mut f, R0, 2, c(2), false);
+        assert_eq!(complete(&mut f, R1, 1), vec![c(1)]);
+        assert_eq!(complete(&mut f, R0, 2), vec![c(2)]);
+        assert_eq!(f.pending(), 0);
     }
 }
