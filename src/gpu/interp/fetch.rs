@@ -211,8 +211,9 @@ impl Window {
     }
 }
 
-/// Entries of a [`DecodeCache`] (a power of two).
-const CACHE_ENTRIES: usize = 64;
+/// Sets of a [`DecodeCache`] (a power of two), and entries per set.
+const CACHE_SETS: usize = 64;
+const CACHE_WAYS: usize = 2;
 
 /// One decoded word.
 #[derive(Debug, Clone, Copy)]
@@ -223,17 +224,21 @@ pub(super) struct Decoded {
     pub instr: Instr,
 }
 
-/// Decoded words by value, direct-mapped. Decoding a word costs a few
-/// unpredictable branches (opcode, operand checks, flat form); a queue's
-/// jobs repeat the same wrapper words, so most words of a fill are found
-/// here instead. Keyed by the word alone, an entry is right whatever
-/// memory holds now; the operand checks use the stream's register and
-/// scoreboard counts, fixed when the stream is made.
+/// Decoded words by value, two-way set-associative. Decoding a word costs
+/// a few unpredictable branches (opcode, operand checks, flat form); a
+/// queue's jobs repeat the same wrapper words, so most words of a fill are
+/// found here instead. Two ways per set keep a dozen wrapper words that
+/// share sets from evicting each other on every job, as they did with one.
+/// Keyed by the word alone, an entry is right whatever memory holds now;
+/// the operand checks use the stream's register and scoreboard counts,
+/// fixed when the stream is made.
 #[derive(Debug, Clone)]
 pub(super) struct DecodeCache {
     reg_count: usize,
     scoreboards: usize,
-    entries: Box<[Decoded; CACHE_ENTRIES]>,
+    /// Per set, the most recently used entry first.
+    sets: Box<[[Decoded; CACHE_WAYS]; CACHE_SETS]>,
+    misses: u64,
 }
 
 impl DecodeCache {
@@ -242,20 +247,31 @@ impl DecodeCache {
         Self {
             reg_count,
             scoreboards,
-            entries: Box::new([nop; CACHE_ENTRIES]),
+            sets: Box::new([[nop; CACHE_WAYS]; CACHE_SETS]),
+            misses: 0,
         }
+    }
+
+    /// The set `word` belongs to.
+    fn set_of(word: u64) -> usize {
+        // Multiply-and-shift: the top bits depend on every bit of the word.
+        (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % CACHE_SETS
     }
 
     /// The decoded form of `word`.
     #[inline]
     pub fn get(&mut self, word: u64) -> &Decoded {
-        // Multiply-and-shift: the top bits depend on every bit of the word.
-        let slot = (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % CACHE_ENTRIES;
-        let e = &mut self.entries[slot];
-        if e.word != word {
-            *e = decode_word(word, self.reg_count, self.scoreboards);
+        let set = &mut self.sets[Self::set_of(word)];
+        if set[0].word != word {
+            if set[1].word == word {
+                set.swap(0, 1);
+            } else {
+                self.misses += 1;
+                set[1] = set[0];
+                set[0] = decode_word(word, self.reg_count, self.scoreboards);
+            }
         }
-        e
+        &set[0]
     }
 }
 
@@ -318,15 +334,16 @@ mod tests {
     use super::*;
 
     fn slot(word: u64) -> usize {
-        (word.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % CACHE_ENTRIES
+        DecodeCache::set_of(word)
     }
 
     #[test]
     fn cache_answers_what_decoding_answers() {
         let mut c = DecodeCache::new(96, 8);
         let mov = Instr::Move32 { dst: 4, imm: 7 }.encode();
-        // Another MOVE32 in the same slot, and a word that does not decode
-        // in the same slot too: each replaces the other.
+        // Another MOVE32 in the same set, and a word that does not decode
+        // in the same set too: three words for two ways, so each in turn
+        // replaces the least recently used.
         let twin = (1..u64::from(u32::MAX))
             .map(|imm| {
                 Instr::Move32 {
@@ -358,5 +375,29 @@ mod tests {
         let high = Instr::Move32 { dst: 95, imm: 1 }.encode();
         assert_eq!(c.get(high).op.kind, Kind::Move32);
         assert_eq!(DecodeCache::new(64, 8).get(high).op.kind, Kind::Bad);
+    }
+
+    #[test]
+    fn two_words_of_one_set_both_stay_cached() {
+        let mut c = DecodeCache::new(96, 8);
+        let a = Instr::Move32 { dst: 4, imm: 7 }.encode();
+        let b = (1..u64::from(u32::MAX))
+            .map(|imm| {
+                Instr::Move32 {
+                    dst: 5,
+                    imm: imm as u32,
+                }
+                .encode()
+            })
+            .find(|&w| slot(w) == slot(a))
+            .unwrap();
+        c.get(a);
+        c.get(b);
+        assert_eq!(c.misses, 2);
+        for _ in 0..4 {
+            assert_eq!(c.get(a).word, a);
+            assert_eq!(c.get(b).word, b);
+        }
+        assert_eq!(c.misses, 2, "alternating words of one set must both hit");
     }
 }
