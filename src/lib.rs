@@ -11,6 +11,7 @@
 //! - [`gpu`]: the emulated GPU (MMU, VM_BIND, CS interpreter, firmware).
 //! - [`uapi`]: the guest-facing protocol types shared with guest tools.
 //! - [`idmap`]: fast hash maps for ids the device allocates.
+//! - [`guest_bytes`]: small copies to and from guest memory.
 //! - [`guest`]: guest-side helpers (the virtgpu DRM uAPI), used by the guest
 //!   programs shipped with the crate.
 //! - [`testvmm`]: an in-process vhost-user front end used by the integration
@@ -21,6 +22,7 @@ pub mod device;
 pub mod display;
 pub mod gpu;
 pub mod guest;
+pub mod guest_bytes;
 pub mod idmap;
 pub mod log_limit;
 pub mod native;

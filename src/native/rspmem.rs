@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::gpu::mmu::GuestRange;
 
@@ -64,7 +64,7 @@ impl RspMem {
                 let in_range = want - pos;
                 let n = ((r.len - in_range) as usize).min(data.len() - done);
                 let addr = GuestAddress(r.addr.0.saturating_add(in_range));
-                if mem.write_slice(&data[done..done + n], addr).is_err() {
+                if crate::guest_bytes::write(mem, addr, &data[done..done + n]).is_err() {
                     return;
                 }
                 done += n;

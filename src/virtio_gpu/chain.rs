@@ -16,7 +16,7 @@ use std::ops::Deref;
 
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 /// Why a chain's buffers cannot be used.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +196,7 @@ impl ChainReader<'_> {
         let mem = self.0.mem;
         self.0.take(buf.len(), |addr, range| {
             let dst = buf.get_mut(range).ok_or(ChainError::Access)?;
-            mem.read_slice(dst, addr).map_err(|_| ChainError::Access)
+            crate::guest_bytes::read(mem, addr, dst).map_err(|_| ChainError::Access)
         })
     }
 
@@ -227,7 +227,7 @@ impl ChainWriter<'_> {
         let mem = self.0.mem;
         self.0.take(buf.len(), |addr, range| {
             let src = buf.get(range).ok_or(ChainError::Access)?;
-            mem.write_slice(src, addr).map_err(|_| ChainError::Access)
+            crate::guest_bytes::write(mem, addr, src).map_err(|_| ChainError::Access)
         })
     }
 
@@ -242,6 +242,7 @@ mod tests {
     use super::*;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::Bytes;
 
     const F_WRITE: u16 = 2;
     /// Buffers live from here on (the mock queue's tables sit below).

@@ -26,7 +26,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::bitmap::Bitmap;
-use vm_memory::{AtomicInteger, Bytes, GuestAddress, GuestMemoryBackend, VolatileMemory};
+use vm_memory::{AtomicInteger, GuestAddress, GuestMemoryBackend, VolatileMemory};
 
 use super::fault::{Access, Fault, FaultKind};
 use super::vm::GpuVm;
@@ -75,7 +75,7 @@ impl GpuVm {
     {
         self.for_each_piece(va, buf.len(), Access::Read, |gpa, r| {
             let chunk = buf.get_mut(r).ok_or(())?;
-            mem.read_slice(chunk, gpa).map_err(|_| ())
+            crate::guest_bytes::read(mem, gpa, chunk).map_err(|_| ())
         })
     }
 
@@ -86,7 +86,7 @@ impl GpuVm {
     {
         self.for_each_piece(va, buf.len(), Access::Write, |gpa, r| {
             let chunk = buf.get(r).ok_or(())?;
-            mem.write_slice(chunk, gpa).map_err(|_| ())
+            crate::guest_bytes::write(mem, gpa, chunk).map_err(|_| ())
         })
     }
 
@@ -307,6 +307,7 @@ mod tests {
     use super::*;
     use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, MapFlags, VmLimits, PAGE_SIZE};
     use std::sync::Arc;
+    use vm_memory::Bytes;
     use vm_memory::GuestMemoryMmap;
 
     const P: u64 = PAGE_SIZE;
