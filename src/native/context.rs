@@ -1326,15 +1326,21 @@ impl NativeContext {
         if r.pad != 0 {
             return done(-EINVAL);
         }
-        let subs = match view.array::<u::QueueSubmit>(&r.queue_submits) {
+        // Read twice from the command buffer (checked, then converted)
+        // rather than copied out.
+        let subs = match view.elements::<u::QueueSubmit>(&r.queue_submits) {
             Ok(s) => s,
             Err(e) => return done(-e.errno()),
         };
-        for s in &subs {
+        for s in subs.clone() {
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => return done(-e.errno()),
+            };
             if s.pad != 0 {
                 return done(-EINVAL);
             }
-            if let Err(e) = job_of(s).validate() {
+            if let Err(e) = job_of(&s).validate() {
                 return done(-e.errno());
             }
         }
@@ -1347,20 +1353,24 @@ impl NativeContext {
         };
         // Checked here too (the engine checks it again), so that the usual
         // mistake never depends on the engine's answer.
-        if subs.iter().any(|s| s.queue_index as usize >= queues) {
+        if subs
+            .clone()
+            .flatten()
+            .any(|s| s.queue_index as usize >= queues)
+        {
             return done(-EINVAL);
         }
-        if subs.is_empty() {
+        if subs.len() == 0 {
             return done(0);
         }
         let mut queue_submits = Vec::with_capacity(subs.len());
-        for s in &subs {
+        for s in subs.flatten() {
             let syncs = match self.sync_ops(&view, &s.syncs) {
                 Ok(v) => v,
                 Err(e) => return done(-e),
             };
             queue_submits.push(QueueSubmit {
-                job: job_of(s),
+                job: job_of(&s),
                 syncs,
                 user_data: 0,
             });

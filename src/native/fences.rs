@@ -11,7 +11,8 @@
 //! [`WorkTracker::arm`] once it has queued the fence: work that completes
 //! before the fence is queued can therefore never complete it early.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::virtio_gpu::fence::Timeline;
 
@@ -32,7 +33,7 @@ pub trait FenceSink: Send + Sync {
 
 /// The outstanding work of one fenced SUBMIT_3D.
 pub struct WorkTracker {
-    outstanding: Mutex<usize>,
+    outstanding: AtomicUsize,
     timeline: Timeline,
     fence_id: u64,
     sink: Arc<dyn FenceSink>,
@@ -52,25 +53,21 @@ impl WorkTracker {
     /// hold taken.
     pub fn new(timeline: Timeline, fence_id: u64, sink: Arc<dyn FenceSink>) -> Arc<Self> {
         Arc::new(Self {
-            outstanding: Mutex::new(1),
+            outstanding: AtomicUsize::new(1),
             timeline,
             fence_id,
             sink,
         })
     }
 
-    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.outstanding.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// One more piece of work to wait for.
     pub fn add(&self) {
-        *self.count() += 1;
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether anything besides the transport's hold is outstanding.
     pub fn has_work(&self) -> bool {
-        *self.count() > 1
+        self.outstanding.load(Ordering::Acquire) > 1
     }
 
     /// One piece of work completed (or the transport dropped its hold).
@@ -83,11 +80,12 @@ impl WorkTracker {
 
     /// Drops one count without completing the fence; returns whether it
     /// was the last, in which case the caller must complete the fence
-    /// (through [`WorkTracker::sink`], or the transport itself).
+    /// (through [`WorkTracker::sink`], or the transport itself). A count
+    /// already at zero stays there and reports `false`.
     pub fn release(&self) -> bool {
-        let mut n = self.count();
-        *n = n.saturating_sub(1);
-        *n == 0
+        self.outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok_and(|previous| previous == 1)
     }
 
     /// The fence this tracker completes.

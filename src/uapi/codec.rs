@@ -207,8 +207,25 @@ impl<'a, R: NativeRequest> RequestView<'a, R> {
     /// Reads an array of this command (the request's own, or one nested in
     /// an element of another array).
     pub fn array<T: ArrayElement>(&self, arr: &ObjArray) -> Result<Vec<T>, DecodeError> {
+        self.elements(arr)?.collect()
+    }
+
+    /// The elements of an array, read one by one and without a copy of
+    /// the whole array: the stride, offset and bounds are checked here,
+    /// each element's trailing bytes when it is read. [`Self::array`]
+    /// collects them.
+    pub fn elements<T: ArrayElement>(
+        &self,
+        arr: &ObjArray,
+    ) -> Result<Elements<'a, T>, DecodeError> {
+        let empty = Elements {
+            bytes: &[],
+            stride: 1,
+            index: 0,
+            _elem: std::marker::PhantomData,
+        };
         if arr.count == 0 {
-            return Ok(Vec::new());
+            return Ok(empty);
         }
         if arr.stride < T::MIN_SIZE || arr.stride % NATIVE_ALIGN != 0 {
             return Err(DecodeError::BadStride {
@@ -233,23 +250,50 @@ impl<'a, R: NativeRequest> RequestView<'a, R> {
         let hdr = size_of::<NativeCmdHdr>() as u64;
         // Inside the body by the checks above.
         let start = (arr.offset - hdr) as usize;
-        let stride = arr.stride as usize;
-        let known = size_of::<T>();
-        let mut out = Vec::with_capacity(arr.count as usize);
-        for index in 0..arr.count {
-            let at = start + index as usize * stride;
-            let elem = &self.body[at..at + stride];
-            let mut value = T::default();
-            let n = known.min(stride);
-            value.as_mut_slice()[..n].copy_from_slice(&elem[..n]);
-            if stride > known && elem[known..].iter().any(|&b| b != 0) {
-                return Err(DecodeError::UnknownTrailingBytes { index });
-            }
-            out.push(value);
-        }
-        Ok(out)
+        Ok(Elements {
+            bytes: &self.body[start..start + bytes as usize],
+            stride: arr.stride as usize,
+            ..empty
+        })
     }
 }
+
+/// The elements of a checked array, in order (see
+/// [`RequestView::elements`]). An element whose bytes past the known
+/// struct are not zero is an error.
+#[derive(Debug, Clone)]
+pub struct Elements<'a, T> {
+    bytes: &'a [u8],
+    stride: usize,
+    index: u32,
+    _elem: std::marker::PhantomData<T>,
+}
+
+impl<T: ArrayElement> Iterator for Elements<'_, T> {
+    type Item = Result<T, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (elem, rest) = self.bytes.split_at_checked(self.stride)?;
+        self.bytes = rest;
+        let index = self.index;
+        self.index += 1;
+        let known = size_of::<T>();
+        let mut value = T::default();
+        let n = known.min(self.stride);
+        value.as_mut_slice()[..n].copy_from_slice(&elem[..n]);
+        if self.stride > known && elem[known..].iter().any(|&b| b != 0) {
+            return Some(Err(DecodeError::UnknownTrailingBytes { index }));
+        }
+        Some(Ok(value))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.bytes.len() / self.stride;
+        (n, Some(n))
+    }
+}
+
+impl<T: ArrayElement> ExactSizeIterator for Elements<'_, T> {}
 
 /// Size of the fixed response of `R`.
 pub fn response_size<R: NativeRequest>() -> u32 {
