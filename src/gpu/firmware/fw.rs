@@ -20,7 +20,7 @@ use super::group::{
 };
 use super::heap::{HeapCreate, HeapInfo};
 use super::kmem::{KernelMemory, KernelObject};
-use super::ring::{wrapper_words, write_ring, WrapperArgs, JOB_BYTES};
+use super::ring::{write_ring, WrapperTemplate, JOB_BYTES};
 use super::sched::Scheduler;
 use super::vms::Vms;
 use crate::gpu::cs::disassemble;
@@ -69,19 +69,15 @@ impl<M: GuestMemoryBackend + ?Sized> ExecEnv for SliceEnv<'_, M> {
         (u128::from(now_ns) * u128::from(self.timestamp_frequency) / 1_000_000_000) as u64
     }
 
-    fn on_sync_write(&mut self, addr: u64, is_64: bool) {
+    fn on_sync_write(&mut self, addr: u64, written: Option<(u64, u32)>) {
         if self.writes.len() >= MAX_SLICE_WRITES {
             self.overflow = true;
             return;
         }
-        let seen = if is_64 {
-            let value = self.vm.atomic_load_u64(self.mem, addr);
-            let status = self.vm.atomic_load_u32(self.mem, addr.wrapping_add(8));
-            value.ok().zip(status.ok())
-        } else {
-            None
-        };
-        self.writes.push(SyncWrite { addr, seen });
+        self.writes.push(SyncWrite {
+            addr,
+            seen: written,
+        });
     }
 }
 
@@ -350,11 +346,17 @@ impl<K: KernelMemory> Firmware<K> {
                 .unwrap_or_else(|_| StreamState::v10(self.config.timing));
             // A page-aligned ring of a power-of-two size always programs.
             let _ = cs.start_ring(ring.va(), size, 0, 0);
+            let syncobj = syncobjs.va() + SYNCOBJ_SIZE * i as u64;
             queues.push(Queue {
                 priority: qa.priority,
                 ring,
                 ring_size: size,
-                syncobj: syncobjs.va() + SYNCOBJ_SIZE * i as u64,
+                syncobj,
+                wrapper: WrapperTemplate::new(
+                    self.model.csif_info.cs_reg_count,
+                    self.model.csif_info.scoreboard_slot_count,
+                    syncobj,
+                ),
                 cs,
                 insert: 0,
                 last_seqno: 0,
@@ -521,7 +523,6 @@ impl<K: KernelMemory> Firmware<K> {
             groups,
             vms,
             events,
-            model,
             ..
         } = self;
         let Some(g) = groups.get_mut(&handle) else {
@@ -568,7 +569,7 @@ impl<K: KernelMemory> Firmware<K> {
         };
         if direct {
             let vm = &mut vms.get_mut(g.vm).ok_or(FwError::GroupDead(handle))?.vm;
-            push_to_ring(vm, mem, model, q, &mut new).map_err(FwError::KernelAccess)?;
+            push_to_ring(vm, mem, q, &mut new).map_err(FwError::KernelAccess)?;
             q.in_flight.push_back(new);
         } else {
             q.pending.push_back(new);
@@ -1087,9 +1088,7 @@ impl<K: KernelMemory> Firmware<K> {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        let Firmware {
-            groups, vms, model, ..
-        } = self;
+        let Firmware { groups, vms, .. } = self;
         let Some(g) = groups.get_mut(&handle) else {
             return;
         };
@@ -1104,7 +1103,7 @@ impl<K: KernelMemory> Firmware<K> {
             let Some(mut job) = q.pending.pop_front() else {
                 break;
             };
-            match push_to_ring(&mut e.vm, mem, model, q, &mut job) {
+            match push_to_ring(&mut e.vm, mem, q, &mut job) {
                 Ok(()) => q.in_flight.push_back(job),
                 Err(_) => {
                     q.pending.push_front(job);
@@ -1263,24 +1262,15 @@ fn all_queues(n: usize) -> u32 {
 
 /// Writes a job's wrapper at the queue's insert point, advances insert and
 /// rings the doorbell (the queue becomes ready if it was idle).
-fn push_to_ring<M>(
-    vm: &mut GpuVm,
-    mem: &M,
-    model: &GpuModel,
-    q: &mut Queue,
-    job: &mut Job,
-) -> Result<(), Fault>
+fn push_to_ring<M>(vm: &mut GpuVm, mem: &M, q: &mut Queue, job: &mut Job) -> Result<(), Fault>
 where
     M: GuestMemoryBackend + ?Sized,
 {
-    let words = wrapper_words(&WrapperArgs {
-        reg_count: model.csif_info.cs_reg_count,
-        scoreboards: model.csif_info.scoreboard_slot_count,
-        latest_flush: job.submit.latest_flush,
-        stream_addr: job.submit.stream_addr,
-        stream_size: job.submit.stream_size,
-        syncobj: q.syncobj,
-    });
+    let words = q.wrapper.job(
+        job.submit.latest_flush,
+        job.submit.stream_addr,
+        job.submit.stream_size,
+    );
     write_ring(vm, mem, q.ring.va(), q.ring_size, q.insert, &words)?;
     job.ring_start = q.insert;
     q.insert += JOB_BYTES;

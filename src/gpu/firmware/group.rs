@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use super::error::FwError;
 use super::event::{GroupStatus, JobId};
 use super::kmem::KernelObject;
+use super::ring::WrapperTemplate;
 use crate::gpu::cs::SyncCond;
 use crate::gpu::interp::StreamState;
 use crate::gpu::mmu::VmKey;
@@ -211,6 +212,8 @@ pub(crate) struct Queue {
     pub ring_size: u64,
     /// GPU VA of this queue's `panthor_syncobj_64b`.
     pub syncobj: u64,
+    /// The ring wrapper of this queue's jobs.
+    pub wrapper: WrapperTemplate,
     pub cs: StreamState,
     /// The host's insert counter.
     pub insert: u64,

@@ -52,67 +52,109 @@ pub struct WrapperArgs {
 
 /// The wrapper words of one job, padded with NOPs to [`JOB_INSTRS`].
 pub fn wrapper_words(a: &WrapperArgs) -> [u64; JOB_INSTRS] {
-    // Both are at least 64 and at most 16 for a model the interpreter runs.
-    let addr = (a.reg_count.saturating_sub(4)) as u8;
-    let val = addr.wrapping_add(2);
-    let wait_all = if a.scoreboards >= 8 {
-        0xff
-    } else {
-        ((1u32 << a.scoreboards) - 1) as u8
-    };
-    let seq = [
-        Instr::Move32 {
-            dst: val,
-            imm: a.latest_flush,
-        },
-        Instr::FlushCache2 {
-            l2: FlushMode::CleanInvalidate,
-            lsc: FlushMode::CleanInvalidate,
-            other: OtherFlushMode::Invalidate,
-            wait_mask: 0,
-            flush_id: val,
-            signal_slot: 0,
-        },
-        Instr::Move48 {
-            dst: addr,
-            imm: a.stream_addr,
-        },
-        Instr::Move32 {
-            dst: val,
-            imm: a.stream_size,
-        },
-        Instr::Wait {
-            wait_mask: 1,
-            progress_inc: false,
-        },
-        Instr::Call {
-            address: addr,
-            length: val,
-        },
-        Instr::Move48 {
-            dst: addr,
-            imm: a.syncobj,
-        },
-        Instr::Move48 { dst: val, imm: 1 },
-        Instr::Wait {
-            wait_mask: wait_all,
-            progress_inc: false,
-        },
-        Instr::SyncAdd64 {
-            error_propagate: true,
-            scope: SyncScope::System,
-            wait_mask: 0,
-            data: val,
-            address: addr,
-            signal_slot: 0,
-        },
-        Instr::ErrorBarrier,
-    ];
-    let mut words = [0u64; JOB_INSTRS];
-    for (w, i) in words.iter_mut().zip(seq.iter()) {
-        *w = i.encode();
+    WrapperTemplate::new(a.reg_count, a.scoreboards, a.syncobj).job(
+        a.latest_flush,
+        a.stream_addr,
+        a.stream_size,
+    )
+}
+
+/// A queue's wrapper with the job's operands (latest_flush, stream address
+/// and size) left as zero: the rest depends only on the model and the
+/// queue's sync object, so it is encoded once per queue and each job
+/// encodes three instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrapperTemplate {
+    words: [u64; JOB_INSTRS],
+    /// The `addr` and `val` registers (see the module documentation).
+    addr: u8,
+    val: u8,
+}
+
+/// Positions of the job's operands in the wrapper.
+const LATEST_FLUSH_AT: usize = 0;
+const STREAM_ADDR_AT: usize = 2;
+const STREAM_SIZE_AT: usize = 3;
+
+impl WrapperTemplate {
+    /// The wrapper of a queue whose sync object is at GPU VA `syncobj`, on
+    /// a model with `reg_count` CS registers and `scoreboards` slots.
+    pub fn new(reg_count: u32, scoreboards: u32, syncobj: u64) -> Self {
+        // Both are at least 64 and at most 16 for a model the interpreter
+        // runs.
+        let addr = (reg_count.saturating_sub(4)) as u8;
+        let val = addr.wrapping_add(2);
+        let wait_all = if scoreboards >= 8 {
+            0xff
+        } else {
+            ((1u32 << scoreboards) - 1) as u8
+        };
+        let seq = [
+            Instr::Move32 { dst: val, imm: 0 },
+            Instr::FlushCache2 {
+                l2: FlushMode::CleanInvalidate,
+                lsc: FlushMode::CleanInvalidate,
+                other: OtherFlushMode::Invalidate,
+                wait_mask: 0,
+                flush_id: val,
+                signal_slot: 0,
+            },
+            Instr::Move48 { dst: addr, imm: 0 },
+            Instr::Move32 { dst: val, imm: 0 },
+            Instr::Wait {
+                wait_mask: 1,
+                progress_inc: false,
+            },
+            Instr::Call {
+                address: addr,
+                length: val,
+            },
+            Instr::Move48 {
+                dst: addr,
+                imm: syncobj,
+            },
+            Instr::Move48 { dst: val, imm: 1 },
+            Instr::Wait {
+                wait_mask: wait_all,
+                progress_inc: false,
+            },
+            Instr::SyncAdd64 {
+                error_propagate: true,
+                scope: SyncScope::System,
+                wait_mask: 0,
+                data: val,
+                address: addr,
+                signal_slot: 0,
+            },
+            Instr::ErrorBarrier,
+        ];
+        let mut words = [0u64; JOB_INSTRS];
+        for (w, i) in words.iter_mut().zip(seq.iter()) {
+            *w = i.encode();
+        }
+        Self { words, addr, val }
     }
-    words
+
+    /// The wrapper words of one job.
+    pub fn job(&self, latest_flush: u32, stream_addr: u64, stream_size: u32) -> [u64; JOB_INSTRS] {
+        let mut words = self.words;
+        words[LATEST_FLUSH_AT] = Instr::Move32 {
+            dst: self.val,
+            imm: latest_flush,
+        }
+        .encode();
+        words[STREAM_ADDR_AT] = Instr::Move48 {
+            dst: self.addr,
+            imm: stream_addr,
+        }
+        .encode();
+        words[STREAM_SIZE_AT] = Instr::Move32 {
+            dst: self.val,
+            imm: stream_size,
+        }
+        .encode();
+        words
+    }
 }
 
 /// Copies `words` into the ring of `size` bytes (a power of two) at
@@ -177,5 +219,20 @@ mod tests {
         );
         assert_eq!(w[6], 0x015c000000001234);
         assert!(w[11..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_template_serves_every_job_of_its_queue() {
+        let t = WrapperTemplate::new(96, 8, 0x1234);
+        let a = t.job(7, 0x7f00_1000, 0x180);
+        let b = t.job(0, 0x10_0000, 0x40);
+        // Only the three operand words differ from job to job.
+        for i in 0..JOB_INSTRS {
+            let operand = [LATEST_FLUSH_AT, STREAM_ADDR_AT, STREAM_SIZE_AT].contains(&i);
+            assert_eq!(a[i] == b[i], !operand, "word {i}");
+        }
+        assert_eq!(a[LATEST_FLUSH_AT], 0x025e000000000007);
+        assert_eq!(b[STREAM_ADDR_AT], 0x015c000000100000);
+        assert_eq!(b[STREAM_SIZE_AT], 0x025e000000000040);
     }
 }

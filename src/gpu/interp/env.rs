@@ -57,11 +57,13 @@ pub trait ExecEnv {
     fn on_cache_flush(&mut self) {}
 
     /// A SYNC_ADD/SET wrote the sync object at `addr` (its value word and
-    /// its status word). The firmware re-evaluates the streams parked on
+    /// its status word). For a 64-bit object, `written` holds the value and
+    /// status words as this write left them (`None` for a 32-bit one).
+    /// The firmware re-evaluates the streams parked on
     /// [`Block::SyncWait`](super::Block::SyncWait) and raises CSG
     /// SYNC_UPDATE; nothing polls.
-    fn on_sync_write(&mut self, addr: u64, is_64: bool) {
-        let _ = (addr, is_64);
+    fn on_sync_write(&mut self, addr: u64, written: Option<(u64, u32)>) {
+        let _ = (addr, written);
     }
 
     /// A RUN_* or FINISH_TILING was issued (tracing).

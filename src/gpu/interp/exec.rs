@@ -914,17 +914,26 @@ impl StreamState {
         let (vm, mem) = env.memory();
         // Fault on the value word before touching the status word.
         vm.translate(addr, Access::Atomic)?;
-        vm.atomic_store_u32(mem, status_addr, u32::from(failed))?;
-        match kind {
-            SyncKind::Add32 => vm.atomic_add_u32(mem, addr, value as u32).map(drop)?,
-            SyncKind::Set32 => vm.atomic_store_u32(mem, addr, value as u32)?,
-            SyncKind::Add64 => vm.atomic_add_u64(mem, addr, value).map(drop)?,
-            SyncKind::Set64 => vm.atomic_store_u64(mem, addr, value)?,
-        }
+        let status = u32::from(failed);
+        vm.atomic_store_u32(mem, status_addr, status)?;
+        // The 64-bit value this write left (what the firmware compares
+        // with a queue's sequence number).
+        let written = match kind {
+            SyncKind::Add32 => vm.atomic_add_u32(mem, addr, value as u32).map(|_| None)?,
+            SyncKind::Set32 => vm
+                .atomic_store_u32(mem, addr, value as u32)
+                .map(|()| None)?,
+            SyncKind::Add64 => vm
+                .atomic_add_u64(mem, addr, value)
+                .map(|old| Some(old.wrapping_add(value)))?,
+            SyncKind::Set64 => vm
+                .atomic_store_u64(mem, addr, value)
+                .map(|()| Some(value))?,
+        };
         self.window.note_write(addr, size + 4);
         self.spare.note_write(addr, size + 4);
         self.stats.sync_writes += 1;
-        env.on_sync_write(addr, kind.is_64());
+        env.on_sync_write(addr, written.map(|v| (v, status)));
         Ok(())
     }
 

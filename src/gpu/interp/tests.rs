@@ -68,8 +68,8 @@ impl ExecEnv for TestEnv {
         self.cache_flushes += 1;
     }
 
-    fn on_sync_write(&mut self, addr: u64, is_64: bool) {
-        self.sync_writes.push((addr, is_64));
+    fn on_sync_write(&mut self, addr: u64, written: Option<(u64, u32)>) {
+        self.sync_writes.push((addr, written.is_some()));
     }
 
     fn on_run(&mut self, run: &RunInfo) {
