@@ -8,7 +8,8 @@
 //! take that range as one vm-memory slice (one region lookup, bounds
 //! checked by vm-memory, dirty pages marked as usual) and fall back to
 //! `read_slice` / `write_slice` for anything else, so the result is the
-//! same either way: the whole range, or an error.
+//! same either way: the whole range, or an error. [`in_memory`] checks a
+//! range the same way.
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError};
 
@@ -40,6 +41,15 @@ where
         }
     }
     mem.write_slice(buf, addr)
+}
+
+/// Whether guest memory backs all of `[addr, addr + len)`.
+#[inline]
+pub fn in_memory<M>(mem: &M, addr: GuestAddress, len: usize) -> bool
+where
+    M: GuestMemoryBackend + ?Sized,
+{
+    mem.get_slice(addr, len).is_ok_and(|s| s.len() == len) || mem.check_range(addr, len)
 }
 
 #[cfg(test)]
@@ -87,6 +97,10 @@ mod tests {
         // Starts in memory, runs into the hole.
         assert!(read(&m, GuestAddress(0x3000 - 4), &mut b).is_err());
         assert!(write(&m, GuestAddress(0x3000 - 4), &b).is_err());
+        assert!(!in_memory(&m, GuestAddress(0x5000), 8));
+        assert!(!in_memory(&m, GuestAddress(0x3000 - 4), 8));
+        assert!(in_memory(&m, GuestAddress(0x2000 - 4), 8));
+        assert!(in_memory(&m, GuestAddress(0x1000), 0x2000));
         // Empty ranges in memory are fine.
         assert!(read(&m, GuestAddress(0x1000), &mut []).is_ok());
         assert!(write(&m, GuestAddress(0x1000), &[]).is_ok());

@@ -16,7 +16,7 @@ use std::ops::Deref;
 
 use thiserror::Error;
 use virtio_queue::DescriptorChain;
-use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{ByteValued, GuestAddress, GuestMemory, GuestMemoryMmap};
 
 /// Why a chain's buffers cannot be used.
 #[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +85,7 @@ impl ChainBuffers {
             if len == 0 {
                 continue;
             }
-            let access = if d.is_write_only() {
-                Permissions::Write
-            } else {
-                Permissions::Read
-            };
-            if !mem.check_range(GuestAddress(addr), len as usize, access) {
+            if !crate::guest_bytes::in_memory(mem, GuestAddress(addr), len as usize) {
                 *err = Some(ChainError::OutsideMemory { addr, len });
                 continue;
             }
