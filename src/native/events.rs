@@ -304,16 +304,17 @@ pub fn on_event(
         w.last_index = index;
         let kind = w.kind;
         let done = w.remaining == 0 || matches!(kind, WorkKind::Wait { any: true });
+        let armed = w.armed;
+        if done && !armed {
+            // The response is not written yet: the worker reports it.
+            w.finished = true;
+        }
         if kind == WorkKind::Jobs {
             st.jobs_in_flight = st.jobs_in_flight.saturating_sub(1);
         }
-        if done && !st.works.get(&id).is_some_and(|w| w.armed) {
-            // The response is not written yet: the worker reports it.
-            if let Some(w) = st.works.get_mut(&id) {
-                w.finished = true;
-            }
+        if !done || !armed {
             None
-        } else if done {
+        } else {
             let w = st.works.remove(&id);
             if let Some(w) = &w {
                 match w.kind {
@@ -327,8 +328,6 @@ pub fn on_event(
                 }
             }
             w
-        } else {
-            None
         }
     };
     let Some(w) = finished else {

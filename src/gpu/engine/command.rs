@@ -1,9 +1,10 @@
-//! What goes into the engine: the commands its thread executes, their
-//! arguments (jobs and bind ops with their sync operations) and the
-//! errors they report synchronously.
+//! What goes into the engine: the commands its thread executes, the
+//! mailbox they wait in, their arguments (jobs and bind ops with their
+//! sync operations) and the errors they report synchronously.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use thiserror::Error;
 
@@ -252,4 +253,102 @@ pub(crate) enum Command {
     Shutdown {
         reply: Reply<()>,
     },
+}
+
+/// The commands sent to the engine and not yet taken, in order. A send is
+/// one uncontended lock; the engine takes everything queued at once.
+/// Once the engine is torn down the mailbox is closed: what was queued is
+/// dropped (a caller waiting for a reply sees its reply channel close) and
+/// later sends are refused.
+#[derive(Default)]
+pub(crate) struct Mailbox(Mutex<MailboxState>);
+
+#[derive(Default)]
+struct MailboxState {
+    queue: VecDeque<Command>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
+        f.debug_struct("Mailbox")
+            .field("queued", &st.queue.len())
+            .field("closed", &st.closed)
+            .finish()
+    }
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, MailboxState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `cmd`; refused once the mailbox is closed.
+    pub fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(EngineError::Gone);
+        }
+        st.queue.push_back(cmd);
+        Ok(())
+    }
+
+    /// Moves every queued command to the end of `out`.
+    pub fn take_all(&self, out: &mut VecDeque<Command>) {
+        let mut st = self.lock();
+        if out.is_empty() {
+            std::mem::swap(&mut st.queue, out);
+        } else {
+            out.append(&mut st.queue);
+        }
+    }
+
+    /// Refuses every later send and drops what is queued.
+    pub fn close(&self) {
+        let dropped = {
+            let mut st = self.lock();
+            st.closed = true;
+            std::mem::take(&mut st.queue)
+        };
+        // Dropped outside the lock: a command's reply channel closes here.
+        drop(dropped);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{sync_channel, Receiver};
+
+    fn shutdown() -> (Command, Receiver<Result<(), EngineError>>) {
+        let (reply, answer) = sync_channel(1);
+        (Command::Shutdown { reply }, answer)
+    }
+
+    #[test]
+    fn mailbox_hands_over_in_order_and_refuses_once_closed() {
+        let m = Mailbox::default();
+        let (a, answer_a) = shutdown();
+        let (b, _answer_b) = shutdown();
+        m.send(a).unwrap();
+        m.send(b).unwrap();
+        let mut out = VecDeque::new();
+        m.take_all(&mut out);
+        assert_eq!(out.len(), 2);
+        // The first one sent comes out first: answering it reaches answer_a.
+        if let Some(Command::Shutdown { reply }) = out.pop_front() {
+            reply.send(Ok(())).unwrap();
+        }
+        assert!(answer_a.try_recv().unwrap().is_ok());
+        // Queued, then closed: the waiting caller's channel closes.
+        let (c, answer_c) = shutdown();
+        m.send(c).unwrap();
+        m.close();
+        assert!(answer_c.recv().is_err());
+        let (d, _) = shutdown();
+        assert!(matches!(m.send(d), Err(EngineError::Gone)));
+        m.take_all(&mut out);
+        assert_eq!(out.len(), 1, "only the one taken before");
+    }
 }

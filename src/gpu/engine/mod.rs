@@ -4,7 +4,7 @@
 //!
 //! # Threading
 //! [`Engine::spawn`] starts the thread; the returned [`Engine`] is the
-//! only way in. Each method sends a command over a channel, rings the
+//! only way in. Each method queues a command in the engine's mailbox, rings the
 //! doorbell eventfd and waits for the answer, which the thread sends as
 //! soon as the command is checked and queued — never after GPU work —
 //! so a caller blocks for a command's bookkeeping, not for the GPU.
@@ -81,7 +81,7 @@ mod tests;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, sync_channel, Sender};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -96,7 +96,7 @@ pub use command::{
 };
 pub use event::EngineEvent;
 
-use command::{Command, Reply};
+use command::{Command, Mailbox, Reply};
 use worker::{InlinePass, SharedWorker, Worker};
 
 use crate::gpu::firmware::{
@@ -138,7 +138,7 @@ impl Default for EngineConfig {
 /// The handle of a running engine; see the [module documentation](self).
 #[derive(Debug)]
 pub struct Engine {
-    tx: Sender<Command>,
+    mailbox: Arc<Mailbox>,
     doorbell: EventFd,
     /// Set when the doorbell was rung and the thread has not yet started
     /// draining its commands: later commands need not ring it again.
@@ -199,13 +199,13 @@ impl Engine {
         let fw = Firmware::new(model, fw_config, kmem);
         let doorbell = EventFd::new(EFD_NONBLOCK)?;
         let timer = TimerFd::new()?;
-        let (tx, rx) = channel();
+        let mailbox = Arc::new(Mailbox::default());
         let rung = Arc::new(AtomicBool::new(false));
         let worker = Worker::new(
             mem,
             fw,
             config,
-            rx,
+            mailbox.clone(),
             (doorbell.try_clone()?, rung.clone()),
             timer,
             (on_event, on_pass_end),
@@ -218,7 +218,7 @@ impl Engine {
             .spawn(move || run(SharedWorker(worker), ready_tx))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Engine {
-                tx,
+                mailbox,
                 doorbell,
                 rung,
                 inline,
@@ -242,10 +242,10 @@ impl Engine {
     }
 
     /// Queues a command and rings the doorbell unless a ring is already
-    /// pending (the thread clears the flag before it drains the channel,
+    /// pending (the thread clears the flag before it drains the mailbox,
     /// so a command queued while the flag is set is always seen).
     fn post(&self, cmd: Command) -> Result<(), EngineError> {
-        self.tx.send(cmd).map_err(|_| EngineError::Gone)?;
+        self.mailbox.send(cmd)?;
         self.ring()
     }
 
@@ -358,9 +358,8 @@ impl Engine {
         group: u32,
         jobs: Vec<QueueSubmit>,
     ) -> Result<(), EngineError> {
-        self.tx
+        self.mailbox
             .send(Command::GroupSubmitPosted { group, jobs })
-            .map_err(|_| EngineError::Gone)
     }
 
     /// TILER_HEAP_CREATE.

@@ -13,7 +13,6 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::binds::{BindJob, BindQueues};
-use super::command::{BindMode, BindRequest, Command, EngineError, QueueSubmit};
+use super::command::{BindMode, BindRequest, Command, EngineError, Mailbox, QueueSubmit};
 use super::deps::{check_batch, commit};
 use super::event::EngineEvent;
 use super::jobs::{HeldJob, JobQueues, QueueKey};
@@ -41,6 +40,9 @@ use crate::idmap::IdMap;
 pub const INLINE_SLICE_BUDGET: u64 = 4_096;
 /// Slices of a pass run inline.
 pub const INLINE_SLICES: usize = 16;
+
+/// Largest firmware-event buffer kept from one pass to the next.
+const KEPT_FW_EVENTS: usize = 1024;
 
 /// The callback events go to.
 pub(crate) type Sink = Box<dyn Fn(EngineEvent) + Send>;
@@ -70,7 +72,9 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     fw: Firmware<K>,
     syncs: SyncTable<u64>,
     config: EngineConfig,
-    rx: Receiver<Command>,
+    mailbox: Arc<Mailbox>,
+    /// Commands taken from the mailbox and not handled yet.
+    inbox: VecDeque<Command>,
     doorbell: EventFd,
     /// Set by the handle when it rings the doorbell; cleared before the
     /// commands are drained.
@@ -88,6 +92,8 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     deadlines: BTreeSet<(u64, u64)>,
     jobs: JobQueues,
     running: IdMap<JobId, Running>,
+    /// The firmware's events being handled, kept for the next call.
+    fw_events: Vec<FwEvent>,
     binds: BindQueues,
     /// Released waiters still to act on.
     work: VecDeque<Released<u64>>,
@@ -108,7 +114,7 @@ where
         mem: A,
         fw: Firmware<K>,
         config: EngineConfig,
-        rx: Receiver<Command>,
+        mailbox: Arc<Mailbox>,
         (doorbell, rung): (EventFd, Arc<AtomicBool>),
         timer: TimerFd,
         (sink, pass_end): (Sink, PassEnd),
@@ -118,7 +124,8 @@ where
             fw,
             syncs: SyncTable::new(config.sync_limits),
             config,
-            rx,
+            mailbox,
+            inbox: VecDeque::new(),
             doorbell,
             rung,
             timer,
@@ -131,6 +138,7 @@ where
             deadlines: BTreeSet::new(),
             jobs: JobQueues::default(),
             running: IdMap::default(),
+            fw_events: Vec::new(),
             binds: BindQueues::default(),
             work: VecDeque::new(),
             dirty_queues: BTreeSet::new(),
@@ -172,24 +180,21 @@ where
         // Commands queued from here on ring the doorbell again.
         self.rung.store(false, Ordering::Release);
         loop {
-            match self.rx.try_recv() {
-                Ok(cmd) => {
-                    // Posted submits only queue their jobs, so a batch of
-                    // them reaches the firmware in one go; every other
-                    // command sees them there.
-                    if !matches!(cmd, Command::GroupSubmitPosted { .. }) {
-                        self.pump();
-                    }
-                    self.handle(cmd);
-                    if self.stopped {
-                        return;
-                    }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    self.teardown();
-                    return;
-                }
+            if self.inbox.is_empty() {
+                self.mailbox.take_all(&mut self.inbox);
+            }
+            let Some(cmd) = self.inbox.pop_front() else {
+                break;
+            };
+            // Posted submits only queue their jobs, so a batch of them
+            // reaches the firmware in one go; every other command sees
+            // them there.
+            if !matches!(cmd, Command::GroupSubmitPosted { .. }) {
+                self.pump();
+            }
+            self.handle(cmd);
+            if self.stopped {
+                return;
             }
         }
         self.pump();
@@ -392,6 +397,7 @@ where
         // Jobs per queue, counted on the stack: a group has at most
         // MAX_QUEUES queues, and check_submit refused any other index.
         let mut added = [0usize; MAX_QUEUES];
+        let mut queues = 0;
         for j in &jobs {
             match added.get_mut(j.job.queue as usize) {
                 Some(n) => *n += 1,
@@ -403,8 +409,9 @@ where
                     .into())
                 }
             }
+            queues = queues.max(j.job.queue as usize + 1);
         }
-        for (queue, &n) in (0u32..).zip(added.iter()).filter(|(_, &n)| n > 0) {
+        for (queue, &n) in (0u32..).zip(&added[..queues]).filter(|(_, &n)| n > 0) {
             if self.jobs.outstanding((group, queue)) + n > self.config.max_jobs_per_queue {
                 return Err(EngineError::Busy);
             }
@@ -650,7 +657,10 @@ where
     }
 
     fn collect_fw_events(&mut self) {
-        for event in self.fw.take_events() {
+        // The buffer is kept from call to call (emptied, capacity kept).
+        let mut events = std::mem::take(&mut self.fw_events);
+        self.fw.drain_events_into(&mut events);
+        for event in events.drain(..) {
             match event {
                 FwEvent::JobDone {
                     job,
@@ -677,6 +687,9 @@ where
                 }
                 other => self.emit(EngineEvent::Firmware(other)),
             }
+        }
+        if events.capacity() <= KEPT_FW_EVENTS {
+            self.fw_events = events;
         }
     }
 
@@ -726,6 +739,10 @@ where
             return;
         }
         self.stopping = true;
+        // Nothing sent from now on is handled: callers waiting for a reply
+        // get their channel closed instead of waiting for ever.
+        self.mailbox.close();
+        self.inbox.clear();
         let mem = self.mem.memory();
         self.fw.shutdown(&*mem);
         self.collect_fw_events();

@@ -470,8 +470,16 @@ impl<K: KernelMemory> Firmware<K> {
     /// run (not timed out or faulted, VM usable).
     pub fn check_submit(&self, handle: u32, job: &JobSubmit) -> Result<(), FwError> {
         job.validate()?;
-        self.queue(handle, job.queue)?;
-        let g = &self.groups[&handle];
+        let g = self
+            .groups
+            .get(&handle)
+            .ok_or(FwError::NoSuchGroup(handle))?;
+        if g.queues.get(job.queue as usize).is_none() {
+            return Err(FwError::NoSuchQueue {
+                group: handle,
+                queue: job.queue,
+            });
+        }
         let vm_ok = self.vms.get(g.vm).is_some_and(|e| e.vm.is_usable());
         if g.status.is_dead() || !vm_ok {
             return Err(FwError::GroupDead(handle));
