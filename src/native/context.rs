@@ -23,7 +23,7 @@ use super::kmem::SharedPool;
 use super::rspmem::RspMem;
 use super::NativeError;
 use crate::gpu::engine::{
-    BindMode, BindRequest, Engine, EngineConfig, EngineError, QueueSubmit, SyncOp,
+    BindMode, BindRequest, Engine, EngineConfig, EngineError, QueueSubmit, Submits, SyncOp,
 };
 use crate::gpu::firmware::{FwConfig, GroupCreate, HeapCreate, JobSubmit, QueueCreate};
 use crate::gpu::mmu::{BindOp, Bo, BoLimits, GuestRange, VmKey, VmState, PAGE_SIZE};
@@ -1363,7 +1363,7 @@ impl NativeContext {
         if subs.len() == 0 {
             return done(0);
         }
-        let mut queue_submits = Vec::with_capacity(subs.len());
+        let mut queue_submits = Submits::default();
         for s in subs.flatten() {
             let syncs = match self.sync_ops(&view, &s.syncs) {
                 Ok(v) => v,
@@ -1375,7 +1375,7 @@ impl NativeContext {
                 user_data: 0,
             });
         }
-        let n = queue_submits.len();
+        let n = queue_submits.as_slice().len();
         if self.engine(env).is_err() {
             return done(-EIO);
         }
@@ -1383,7 +1383,7 @@ impl NativeContext {
             Ok(id) => id,
             Err(e) => return done(-e),
         };
-        for (i, q) in queue_submits.iter_mut().enumerate() {
+        for (i, q) in queue_submits.as_mut_slice().iter_mut().enumerate() {
             q.user_data = (id << INDEX_BITS) | (i as u64 & 0xffff);
         }
         let Some(e) = self.engine.as_ref() else {

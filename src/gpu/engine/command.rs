@@ -78,6 +78,72 @@ pub struct QueueSubmit {
     pub user_data: u64,
 }
 
+/// The jobs of one GROUP_SUBMIT. Most submits carry one job, which then
+/// reaches the engine thread without a heap allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submits {
+    /// One job.
+    One(QueueSubmit),
+    /// Any number of jobs.
+    Many(Vec<QueueSubmit>),
+}
+
+impl Default for Submits {
+    fn default() -> Self {
+        Submits::Many(Vec::new())
+    }
+}
+
+impl Submits {
+    /// Appends a job.
+    pub fn push(&mut self, q: QueueSubmit) {
+        match self {
+            Submits::Many(v) if v.is_empty() => *self = Submits::One(q),
+            Submits::Many(v) => v.push(q),
+            Submits::One(_) => {
+                if let Submits::One(first) = std::mem::take(self) {
+                    *self = Submits::Many(vec![first, q]);
+                }
+            }
+        }
+    }
+
+    /// The jobs, in order.
+    pub fn as_slice(&self) -> &[QueueSubmit] {
+        match self {
+            Submits::One(q) => std::slice::from_ref(q),
+            Submits::Many(v) => v,
+        }
+    }
+
+    /// The jobs, in order, to change.
+    pub fn as_mut_slice(&mut self) -> &mut [QueueSubmit] {
+        match self {
+            Submits::One(q) => std::slice::from_mut(q),
+            Submits::Many(v) => v,
+        }
+    }
+}
+
+impl From<Vec<QueueSubmit>> for Submits {
+    fn from(v: Vec<QueueSubmit>) -> Self {
+        Submits::Many(v)
+    }
+}
+
+impl IntoIterator for Submits {
+    type Item = QueueSubmit;
+    type IntoIter =
+        std::iter::Chain<std::option::IntoIter<QueueSubmit>, std::vec::IntoIter<QueueSubmit>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            Submits::One(q) => Some(q).into_iter().chain(Vec::new()),
+            Submits::Many(v) => None.into_iter().chain(v),
+        }
+    }
+}
+
 /// One VM_BIND op with its syncs.
 #[derive(Debug, Clone)]
 pub struct BindRequest {
@@ -195,14 +261,14 @@ pub(crate) enum Command {
     },
     GroupSubmit {
         group: u32,
-        jobs: Vec<QueueSubmit>,
+        jobs: Submits,
         reply: Reply<()>,
     },
     /// GROUP_SUBMIT without an answer: a refusal comes out as
     /// [`EngineEvent::SubmitRejected`](super::EngineEvent::SubmitRejected).
     GroupSubmitPosted {
         group: u32,
-        jobs: Vec<QueueSubmit>,
+        jobs: Submits,
     },
     HeapCreate {
         args: HeapCreate,
@@ -350,5 +416,26 @@ mod tests {
         assert!(matches!(m.send(d), Err(EngineError::Gone)));
         m.take_all(&mut out);
         assert_eq!(out.len(), 1, "only the one taken before");
+    }
+
+    #[test]
+    fn submits_keep_their_order_from_one_job_to_many() {
+        let q = |user_data| QueueSubmit {
+            job: JobSubmit::default(),
+            syncs: Vec::new(),
+            user_data,
+        };
+        let mut s = Submits::default();
+        assert!(s.as_slice().is_empty());
+        s.push(q(1));
+        assert!(matches!(s, Submits::One(_)));
+        s.push(q(2));
+        s.push(q(3));
+        s.as_mut_slice()[2].user_data = 30;
+        let order: Vec<u64> = s.clone().into_iter().map(|j| j.user_data).collect();
+        assert_eq!(order, vec![1, 2, 30]);
+        assert_eq!(s.as_slice().len(), 3);
+        let one: Vec<u64> = Submits::One(q(7)).into_iter().map(|j| j.user_data).collect();
+        assert_eq!(one, vec![7]);
     }
 }

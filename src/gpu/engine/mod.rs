@@ -91,7 +91,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 pub use command::{
-    BindMode, BindRequest, EngineError, QueueSubmit, SyncOp, SYNC_OP_HANDLE_TYPE_MASK,
+    BindMode, BindRequest, EngineError, QueueSubmit, Submits, SyncOp, SYNC_OP_HANDLE_TYPE_MASK,
     SYNC_OP_SIGNAL,
 };
 pub use event::EngineEvent;
@@ -341,7 +341,8 @@ impl Engine {
 
     /// GROUP_SUBMIT: every job is checked (and its syncs) before any is
     /// queued; [`EngineEvent::JobDone`] follows for each.
-    pub fn group_submit(&self, group: u32, jobs: Vec<QueueSubmit>) -> Result<(), EngineError> {
+    pub fn group_submit(&self, group: u32, jobs: impl Into<Submits>) -> Result<(), EngineError> {
+        let jobs = jobs.into();
         self.call(|reply| Command::GroupSubmit { group, jobs, reply })
     }
 
@@ -356,10 +357,12 @@ impl Engine {
     pub fn group_submit_posted(
         &self,
         group: u32,
-        jobs: Vec<QueueSubmit>,
+        jobs: impl Into<Submits>,
     ) -> Result<(), EngineError> {
-        self.mailbox
-            .send(Command::GroupSubmitPosted { group, jobs })
+        self.mailbox.send(Command::GroupSubmitPosted {
+            group,
+            jobs: jobs.into(),
+        })
     }
 
     /// TILER_HEAP_CREATE.

@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::binds::{BindJob, BindQueues};
-use super::command::{BindMode, BindRequest, Command, EngineError, Mailbox, QueueSubmit};
+use super::command::{BindMode, BindRequest, Command, EngineError, Mailbox, Submits};
 use super::deps::{check_batch, commit};
 use super::event::EngineEvent;
 use super::jobs::{HeldJob, JobQueues, QueueKey};
@@ -289,7 +289,7 @@ where
                 let _ = reply.send(r);
             }
             Command::GroupSubmitPosted { group, jobs } => {
-                let user_data = jobs.first().map_or(0, |j| j.user_data);
+                let user_data = jobs.as_slice().first().map_or(0, |j| j.user_data);
                 if let Err(error) = self.group_submit(group, jobs) {
                     self.emit(EngineEvent::SubmitRejected {
                         user_data,
@@ -389,16 +389,16 @@ where
 
     /// Checks a GROUP_SUBMIT and queues its jobs; the next
     /// [`Worker::pump`] hands the ready ones to the firmware.
-    fn group_submit(&mut self, group: u32, jobs: Vec<QueueSubmit>) -> Result<(), EngineError> {
-        for j in &jobs {
+    fn group_submit(&mut self, group: u32, jobs: Submits) -> Result<(), EngineError> {
+        for j in jobs.as_slice() {
             self.fw.check_submit(group, &j.job)?;
         }
-        check_batch(&self.syncs, jobs.iter().map(|j| &j.syncs[..]))?;
+        check_batch(&self.syncs, jobs.as_slice().iter().map(|j| &j.syncs[..]))?;
         // Jobs per queue, counted on the stack: a group has at most
         // MAX_QUEUES queues, and check_submit refused any other index.
         let mut added = [0usize; MAX_QUEUES];
         let mut queues = 0;
-        for j in &jobs {
+        for j in jobs.as_slice() {
             match added.get_mut(j.job.queue as usize) {
                 Some(n) => *n += 1,
                 None => {
