@@ -435,7 +435,10 @@ mod tests {
         let order: Vec<u64> = s.clone().into_iter().map(|j| j.user_data).collect();
         assert_eq!(order, vec![1, 2, 30]);
         assert_eq!(s.as_slice().len(), 3);
-        let one: Vec<u64> = Submits::One(q(7)).into_iter().map(|j| j.user_data).collect();
+        let one: Vec<u64> = Submits::One(q(7))
+            .into_iter()
+            .map(|j| j.user_data)
+            .collect();
         assert_eq!(one, vec![7]);
     }
 }

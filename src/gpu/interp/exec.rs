@@ -1,7 +1,8 @@
 //! The execution loop and the semantics of every instruction.
 
 use crate::gpu::cs::{CsState, HeapOp, Instr, SyncCond};
-use crate::gpu::mmu::{Access, Fault, FaultKind};
+use crate::gpu::mmu::access::SyncWordOp;
+use crate::gpu::mmu::{Fault, FaultKind};
 
 use super::env::ExecEnv;
 use super::fetch::{classify, Kind};
@@ -903,33 +904,16 @@ impl StreamState {
         failed: bool,
     ) -> Result<(), Fault> {
         let size: u64 = if kind.is_64() { 8 } else { 4 };
-        if addr % size != 0 {
-            return Err(Fault::new(FaultKind::Alignment, addr, Access::Atomic));
-        }
-        let status_addr = addr.checked_add(size).ok_or(Fault::new(
-            FaultKind::AddressSizeIn,
-            addr,
-            Access::Atomic,
-        ))?;
-        let (vm, mem) = env.memory();
-        // Fault on the value word before touching the status word.
-        vm.translate(addr, Access::Atomic)?;
+        let op = match kind {
+            SyncKind::Add32 | SyncKind::Add64 => SyncWordOp::Add(value),
+            SyncKind::Set32 | SyncKind::Set64 => SyncWordOp::Set(value),
+        };
         let status = u32::from(failed);
-        vm.atomic_store_u32(mem, status_addr, status)?;
+        let (vm, mem) = env.memory();
+        let left = vm.sync_object_update(mem, addr, kind.is_64(), op, status)?;
         // The 64-bit value this write left (what the firmware compares
         // with a queue's sequence number).
-        let written = match kind {
-            SyncKind::Add32 => vm.atomic_add_u32(mem, addr, value as u32).map(|_| None)?,
-            SyncKind::Set32 => vm
-                .atomic_store_u32(mem, addr, value as u32)
-                .map(|()| None)?,
-            SyncKind::Add64 => vm
-                .atomic_add_u64(mem, addr, value)
-                .map(|old| Some(old.wrapping_add(value)))?,
-            SyncKind::Set64 => vm
-                .atomic_store_u64(mem, addr, value)
-                .map(|()| Some(value))?,
-        };
+        let written = kind.is_64().then_some(left);
         self.window.note_write(addr, size + 4);
         self.spare.note_write(addr, size + 4);
         self.stats.sync_writes += 1;

@@ -171,6 +171,65 @@ impl GpuVm {
         Ok(r)
     }
 
+    /// A SYNC_ADD/SET on the sync object at `va`: a naturally aligned
+    /// value word (64-bit if `is_64`) and the 32-bit status word right
+    /// after it. The status word gets `status` first, then `op` updates
+    /// the value word, so a reader who sees the new value also sees its
+    /// status. Returns the value word as the update left it.
+    ///
+    /// An object inside one page and one memory region costs one
+    /// translation; otherwise each word is accessed on its own. Either way
+    /// a fault on the value word comes before the status word is touched.
+    pub fn sync_object_update<M>(
+        &mut self,
+        mem: &M,
+        va: u64,
+        is_64: bool,
+        op: SyncWordOp,
+        status: u32,
+    ) -> Result<u64, Fault>
+    where
+        M: GuestMemoryBackend + ?Sized,
+    {
+        let size: u64 = if is_64 { 8 } else { 4 };
+        let access = Access::Atomic;
+        if va % size != 0 {
+            return Err(Fault::new(FaultKind::Alignment, va, access));
+        }
+        let t = self.translate(va, access)?;
+        let len = (size + 4) as usize;
+        if page_left(va) >= size + 4 {
+            if let Ok(slice) = mem.get_slice(t.gpa, len) {
+                if let Ok(s) = slice.get_atomic_ref::<AtomicU32>(size as usize) {
+                    let left = if is_64 {
+                        slice.get_atomic_ref::<AtomicU64>(0).ok().map(|a| {
+                            store_u32(s, status);
+                            op.apply_u64(a)
+                        })
+                    } else {
+                        slice.get_atomic_ref::<AtomicU32>(0).ok().map(|a| {
+                            store_u32(s, status);
+                            u64::from(op.apply_u32(a))
+                        })
+                    };
+                    if let Some(v) = left {
+                        slice.bitmap().mark_dirty(0, len);
+                        return Ok(v);
+                    }
+                }
+            }
+        }
+        let status_va =
+            va.checked_add(size)
+                .ok_or(Fault::new(FaultKind::AddressSizeIn, va, access))?;
+        self.atomic_store_u32(mem, status_va, status)?;
+        if is_64 {
+            self.with_atomic(mem, va, access, |a: &AtomicU64| op.apply_u64(a))
+        } else {
+            self.with_atomic(mem, va, access, |a: &AtomicU32| u64::from(op.apply_u32(a)))
+        }
+    }
+
     /// Atomically load the 32-bit sync word at `va` (4-byte aligned).
     pub fn atomic_load_u32<M>(&mut self, mem: &M, va: u64) -> Result<u32, Fault>
     where
@@ -196,9 +255,7 @@ impl GpuVm {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU32| {
-            a.store(value.to_le(), Ordering::Release)
-        })
+        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU32| store_u32(a, value))
     }
 
     /// Atomically store the 64-bit sync word at `va` (SYNC_SET64).
@@ -206,9 +263,7 @@ impl GpuVm {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU64| {
-            a.store(value.to_le(), Ordering::Release)
-        })
+        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU64| store_u64(a, value))
     }
 
     /// Atomically add `value` (wrapping) to the 32-bit sync word at `va`
@@ -217,18 +272,7 @@ impl GpuVm {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU32| {
-            if cfg!(target_endian = "little") {
-                a.fetch_add(value, Ordering::AcqRel)
-            } else {
-                let old = a
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                        Some(u32::from_le(v).wrapping_add(value).to_le())
-                    })
-                    .unwrap_or_else(|v| v);
-                u32::from_le(old)
-            }
-        })
+        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU32| add_u32(a, value))
     }
 
     /// Atomically add `value` (wrapping) to the 64-bit sync word at `va`
@@ -237,18 +281,7 @@ impl GpuVm {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU64| {
-            if cfg!(target_endian = "little") {
-                a.fetch_add(value, Ordering::AcqRel)
-            } else {
-                let old = a
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                        Some(u64::from_le(v).wrapping_add(value).to_le())
-                    })
-                    .unwrap_or_else(|v| v);
-                u64::from_le(old)
-            }
-        })
+        self.with_atomic(mem, va, Access::Atomic, |a: &AtomicU64| add_u64(a, value))
     }
 
     /// Atomically replace the 32-bit sync word at `va` with `new` if it
@@ -300,6 +333,76 @@ impl GpuVm {
             .map_err(u64::from_le)
         })
     }
+}
+
+/// How a SYNC_ADD/SET changes a sync object's value word (the value is
+/// truncated to 32 bits for a 32-bit object).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncWordOp {
+    /// Add (wrapping).
+    Add(u64),
+    /// Replace.
+    Set(u64),
+}
+
+impl SyncWordOp {
+    /// Applies the update to a 64-bit word; returns the new value.
+    fn apply_u64(self, a: &AtomicU64) -> u64 {
+        match self {
+            SyncWordOp::Add(v) => add_u64(a, v).wrapping_add(v),
+            SyncWordOp::Set(v) => {
+                store_u64(a, v);
+                v
+            }
+        }
+    }
+
+    /// Applies the update to a 32-bit word; returns the new value.
+    fn apply_u32(self, a: &AtomicU32) -> u32 {
+        match self {
+            SyncWordOp::Add(v) => add_u32(a, v as u32).wrapping_add(v as u32),
+            SyncWordOp::Set(v) => {
+                store_u32(a, v as u32);
+                v as u32
+            }
+        }
+    }
+}
+
+/// Adds `value` (wrapping) to a little-endian word; returns the old value.
+fn add_u32(a: &AtomicU32, value: u32) -> u32 {
+    if cfg!(target_endian = "little") {
+        a.fetch_add(value, Ordering::AcqRel)
+    } else {
+        let old = a
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(u32::from_le(v).wrapping_add(value).to_le())
+            })
+            .unwrap_or_else(|v| v);
+        u32::from_le(old)
+    }
+}
+
+/// Adds `value` (wrapping) to a little-endian word; returns the old value.
+fn add_u64(a: &AtomicU64, value: u64) -> u64 {
+    if cfg!(target_endian = "little") {
+        a.fetch_add(value, Ordering::AcqRel)
+    } else {
+        let old = a
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(u64::from_le(v).wrapping_add(value).to_le())
+            })
+            .unwrap_or_else(|v| v);
+        u64::from_le(old)
+    }
+}
+
+fn store_u32(a: &AtomicU32, value: u32) {
+    a.store(value.to_le(), Ordering::Release)
+}
+
+fn store_u64(a: &AtomicU64, value: u64) {
+    a.store(value.to_le(), Ordering::Release)
 }
 
 #[cfg(test)]
@@ -456,6 +559,66 @@ mod tests {
             Err(5)
         );
         assert_eq!(vm.read_u64(&mem, P).unwrap(), 5);
+    }
+
+    #[test]
+    fn sync_object_updates_in_a_page_and_across_pages() {
+        let mem = mem();
+        let mut vm = setup(&mem);
+        // In one page: the status word, then the value.
+        assert_eq!(
+            vm.sync_object_update(&mem, 16, true, SyncWordOp::Add(5), 1)
+                .unwrap(),
+            5
+        );
+        assert_eq!(vm.read_u64(&mem, 16).unwrap(), 5);
+        assert_eq!(vm.read_u32(&mem, 24).unwrap(), 1);
+        assert_eq!(
+            vm.sync_object_update(&mem, 16, true, SyncWordOp::Add(u64::MAX), 0)
+                .unwrap(),
+            4
+        );
+        // A 32-bit object keeps 32 bits of the operand.
+        vm.write_u32(&mem, 40, 7).unwrap();
+        assert_eq!(
+            vm.sync_object_update(&mem, 32, false, SyncWordOp::Add((1 << 32) | 2), 3)
+                .unwrap(),
+            2
+        );
+        assert_eq!(vm.read_u32(&mem, 32).unwrap(), 2);
+        assert_eq!(vm.read_u32(&mem, 36).unwrap(), 3);
+        assert_eq!(vm.read_u32(&mem, 40).unwrap(), 7, "nothing past the object");
+        // The status word on the next page, which lives elsewhere in guest
+        // memory.
+        vm.write_u32(&mem, P, 0xdead).unwrap();
+        assert_eq!(
+            vm.sync_object_update(&mem, P - 8, true, SyncWordOp::Set(9), 0)
+                .unwrap(),
+            9
+        );
+        assert_eq!(vm.read_u64(&mem, P - 8).unwrap(), 9);
+        assert_eq!(vm.read_u32(&mem, P).unwrap(), 0);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+            0,
+            "status at the second page's guest address"
+        );
+        // The status word unmapped: the value is not touched.
+        vm.write_u64(&mem, 2 * P - 8, 3).unwrap();
+        let f = vm
+            .sync_object_update(&mem, 2 * P - 8, true, SyncWordOp::Set(4), 0)
+            .unwrap_err();
+        assert_eq!(f.va, 2 * P);
+        assert_eq!(vm.read_u64(&mem, 2 * P - 8).unwrap(), 3);
+        // Misaligned, and read-only (VA 3P maps the first page again).
+        let f = vm
+            .sync_object_update(&mem, 4, true, SyncWordOp::Set(1), 0)
+            .unwrap_err();
+        assert_eq!(f.kind, FaultKind::Alignment);
+        assert!(vm
+            .sync_object_update(&mem, 3 * P + 16, true, SyncWordOp::Set(1), 0)
+            .is_err());
+        assert_eq!(vm.read_u64(&mem, 3 * P + 16).unwrap(), 4);
     }
 
     #[test]
