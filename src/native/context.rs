@@ -189,6 +189,8 @@ pub struct NativeContext {
     num_rings: u32,
     rings_used: u64,
     engine: Option<Engine>,
+    /// The engine's completed fences, and the trackers kept for reuse.
+    completions: Arc<Completions>,
     shared: Shared,
     pool: SharedPool,
     vms: BTreeMap<u32, VmEntry>,
@@ -237,6 +239,7 @@ impl NativeContext {
             num_rings: 0,
             rings_used: 0,
             engine: None,
+            completions: Arc::default(),
             shared: Shared::default(),
             pool: SharedPool::default(),
             vms: BTreeMap::new(),
@@ -369,7 +372,7 @@ impl NativeContext {
             }
         }
         let tracker = match (env.fence, &env.sink) {
-            (Some((t, id)), Some(sink)) => Some(WorkTracker::new(t, id, sink.clone())),
+            (Some((t, id)), Some(sink)) => Some(self.completions.tracker(t, id, sink)),
             _ => None,
         };
         let guard = env.snapshot;
@@ -555,7 +558,7 @@ impl NativeContext {
                 },
                 ..EngineConfig::default()
             };
-            let batch = Arc::new(Completions::default());
+            let batch = self.completions.clone();
             let flush = batch.clone();
             let engine = Engine::spawn_with_pass_end(
                 env.mem.clone(),

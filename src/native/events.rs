@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::fences::WorkTracker;
+use super::fences::{FenceSink, WorkTracker};
 use super::rspmem::RspMem;
 
 use crate::gpu::engine::{EngineError, EngineEvent};
@@ -22,6 +22,7 @@ use crate::gpu::firmware::FwEvent;
 use crate::gpu::sync::FenceResult;
 use crate::idmap::IdMap;
 use crate::uapi::native::{GroupSubmitRsp, RspHdr};
+use crate::virtio_gpu::fence::Timeline;
 
 /// Bits of a `user_data` that index an element of one command's work.
 pub const INDEX_BITS: u32 = 16;
@@ -161,8 +162,18 @@ fn errno_of(result: FenceResult) -> i32 {
 /// Fences whose last work ended during the engine thread's current
 /// service pass; [`Completions::flush`] completes them together at the end
 /// of the pass, so the device returns their chains with one notification.
+///
+/// The trackers of completed fences are kept (up to [`SPARE_TRACKERS`])
+/// and handed out again by [`Completions::tracker`], so a fenced submit
+/// does not allocate one.
 #[derive(Default)]
-pub struct Completions(Mutex<Vec<Arc<WorkTracker>>>);
+pub struct Completions {
+    done: Mutex<Vec<Arc<WorkTracker>>>,
+    spare: Mutex<Vec<Arc<WorkTracker>>>,
+}
+
+/// Completed trackers kept for reuse.
+pub const SPARE_TRACKERS: usize = 256;
 
 impl std::fmt::Debug for Completions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,7 +183,29 @@ impl std::fmt::Debug for Completions {
 
 impl Completions {
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<WorkTracker>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.done.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spare(&self) -> MutexGuard<'_, Vec<Arc<WorkTracker>>> {
+        self.spare.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A tracker for fence `fence_id` on `timeline`: a kept one if any
+    /// (nothing else holds it any more), else a new one.
+    pub fn tracker(
+        &self,
+        timeline: Timeline,
+        fence_id: u64,
+        sink: &Arc<dyn FenceSink>,
+    ) -> Arc<WorkTracker> {
+        let kept = self.spare().pop();
+        if let Some(mut t) = kept {
+            if let Some(inner) = Arc::get_mut(&mut t) {
+                inner.reset(timeline, fence_id, sink);
+                return t;
+            }
+        }
+        WorkTracker::new(timeline, fence_id, sink.clone())
     }
 
     /// Completes every fence collected: one sink call per run of trackers
@@ -195,7 +228,13 @@ impl Completions {
             }
             sink.complete_many(&fences);
         }
-        done.clear();
+        // Keep the trackers nothing else holds.
+        let mut spare = self.spare();
+        for t in done.drain(..) {
+            if spare.len() < SPARE_TRACKERS && Arc::strong_count(&t) == 1 {
+                spare.push(t);
+            }
+        }
     }
 }
 
@@ -263,7 +302,7 @@ pub fn on_event(
                 }
             };
             if let Some(w) = w {
-                finalize(w, &*mem.memory(), Some(batch));
+                finalize_with(w, mem, batch);
             }
             return;
         }
@@ -333,8 +372,19 @@ pub fn on_event(
     let Some(w) = finished else {
         return;
     };
-    let guard = mem.memory();
-    finalize(w, &*guard, Some(batch));
+    finalize_with(w, mem, batch);
+}
+
+/// [`finalize`] with guest memory taken from `mem` only if the work has
+/// something to write (most jobs have not: no record, no error).
+fn finalize_with(w: Work, mem: &GuestMemoryAtomic<GuestMemoryMmap>, batch: &Completions) {
+    let writes = w.rsp.is_some()
+        && (w.rejected || w.first_signaled.is_some() || w.record.is_some() || w.result != 0);
+    if writes {
+        finalize(w, &*mem.memory(), Some(batch));
+    } else {
+        release(w, Some(batch));
+    }
 }
 
 /// Writes the results of finished work, then drops its fence count: at
@@ -366,6 +416,12 @@ fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(
             rsp.async_error(m, w.seqno, w.result);
         }
     }
+    release(w, batch);
+}
+
+/// Drops finished work's fence count: at once, or into `batch` on the
+/// engine thread.
+fn release(w: Work, batch: Option<&Completions>) {
     if let Some(t) = w.tracker {
         match batch {
             Some(b) => {
@@ -375,5 +431,52 @@ fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(
             }
             None => t.done(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the fences it is given.
+    #[derive(Default)]
+    struct Record(Mutex<Vec<(Timeline, u64)>>);
+
+    impl FenceSink for Record {
+        fn complete(&self, timeline: Timeline, fence_id: u64) {
+            self.0.lock().unwrap().push((timeline, fence_id));
+        }
+    }
+
+    const T: Timeline = Timeline::Ring {
+        ctx_id: 1,
+        ring_idx: 2,
+    };
+
+    #[test]
+    fn completed_trackers_are_reused_once_nothing_holds_them() {
+        let record = Arc::new(Record::default());
+        let sink: Arc<dyn FenceSink> = record.clone();
+        let c = Completions::default();
+        let a = c.tracker(T, 1, &sink);
+        let held = c.tracker(T, 2, &sink);
+        let kept_elsewhere = held.clone();
+        for t in [a.clone(), held] {
+            assert!(t.release(), "only the transport's hold was taken");
+            c.lock().push(t);
+        }
+        drop(a);
+        c.flush();
+        assert_eq!(*record.0.lock().unwrap(), vec![(T, 1), (T, 2)]);
+        // Fence 1's tracker is kept; fence 2's is still held elsewhere.
+        assert_eq!(c.spare().len(), 1);
+        let again = c.tracker(T, 3, &sink);
+        assert_eq!(again.fence(), (T, 3));
+        assert!(again.release(), "count back at one");
+        assert!(!Arc::ptr_eq(&again, &kept_elsewhere));
+        assert!(c.spare().is_empty());
+        // With nothing kept, a new one.
+        let fresh = c.tracker(T, 4, &sink);
+        assert_eq!(fresh.fence(), (T, 4));
     }
 }

@@ -60,6 +60,17 @@ impl WorkTracker {
         })
     }
 
+    /// Makes a tracker nobody else holds new again, for fence `fence_id`
+    /// on `timeline` (see `Completions::tracker`).
+    pub fn reset(&mut self, timeline: Timeline, fence_id: u64, sink: &Arc<dyn FenceSink>) {
+        *self.outstanding.get_mut() = 1;
+        self.timeline = timeline;
+        self.fence_id = fence_id;
+        if !std::ptr::addr_eq(Arc::as_ptr(&self.sink), Arc::as_ptr(sink)) {
+            self.sink = sink.clone();
+        }
+    }
+
     /// One more piece of work to wait for.
     pub fn add(&self) {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
