@@ -657,6 +657,9 @@ where
     }
 
     fn collect_fw_events(&mut self) {
+        if !self.fw.has_events() {
+            return;
+        }
         // The buffer is kept from call to call (emptied, capacity kept).
         let mut events = std::mem::take(&mut self.fw_events);
         self.fw.drain_events_into(&mut events);

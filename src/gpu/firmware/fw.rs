@@ -171,6 +171,11 @@ impl<K: KernelMemory> Firmware<K> {
         out.append(&mut self.events);
     }
 
+    /// Whether events were reported since they were last taken.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     fn tick_clock(&mut self, now: u64) {
         self.now = self.now.max(now);
     }
@@ -524,7 +529,8 @@ impl<K: KernelMemory> Firmware<K> {
         M: GuestMemoryBackend + ?Sized,
     {
         self.tick_clock(now);
-        self.check_submit(handle, job)?;
+        // The checks of check_submit, with one lookup of each object.
+        job.validate()?;
         let max_pending = self.config.max_pending_jobs;
         let id = self.next_job;
         let Firmware {
@@ -542,6 +548,10 @@ impl<K: KernelMemory> Firmware<K> {
                 group: handle,
                 queue: job.queue,
             });
+        };
+        let vm_entry = vms.get_mut(g.vm).filter(|e| e.vm.is_usable());
+        let Some(vm_entry) = vm_entry.filter(|_| !g.status.is_dead()) else {
+            return Err(FwError::GroupDead(handle));
         };
         if job.stream_size == 0 {
             if let Some(last) = q.pending.back_mut().or(q.in_flight.back_mut()) {
@@ -576,8 +586,7 @@ impl<K: KernelMemory> Firmware<K> {
             followers: Vec::new(),
         };
         if direct {
-            let vm = &mut vms.get_mut(g.vm).ok_or(FwError::GroupDead(handle))?.vm;
-            push_to_ring(vm, mem, q, &mut new).map_err(FwError::KernelAccess)?;
+            push_to_ring(&mut vm_entry.vm, mem, q, &mut new).map_err(FwError::KernelAccess)?;
             q.in_flight.push_back(new);
         } else {
             q.pending.push_back(new);
