@@ -81,7 +81,7 @@ pub struct SubmitEnv<'a> {
     /// The SUBMIT_3D's fence, if fenced.
     pub fence: Option<(Timeline, u64)>,
     /// Where completed fences go.
-    pub sink: Option<Arc<dyn FenceSink>>,
+    pub sink: Option<&'a Arc<dyn FenceSink>>,
 }
 
 #[derive(Debug)]
@@ -371,7 +371,7 @@ impl NativeContext {
                 }
             }
         }
-        let tracker = match (env.fence, &env.sink) {
+        let tracker = match (env.fence, env.sink) {
             (Some((t, id)), Some(sink)) => Some(self.completions.tracker(t, id, sink)),
             _ => None,
         };

@@ -1389,7 +1389,7 @@ impl GpuState {
             mem,
             snapshot,
             fence,
-            sink: self.sink.clone(),
+            sink: self.sink.as_ref(),
         };
         self.pending = ctx
             .native
