@@ -1,13 +1,13 @@
 //! The instruction window: the part of the current page of the current
 //! buffer, read from guest memory and pre-decoded in one go.
 //!
-//! A fill reads `[ip, min(ip + 32 words, page end, buffer end))`
+//! A fill reads `[ip, min(ip + 64 words, page end, buffer end))`
 //! through the MMU as a data read (`Access::Read`: Panthor maps ring
 //! buffers NOEXEC, so the command-stream frontend's fetch cannot be an
 //! execute access; user streams are fetched the same way), decodes every
 //! word and checks its register and scoreboard operands against the model,
 //! so the execution loop does neither. A fill costs one translation and
-//! one copy of at most 256 bytes, plus a decode per word, which the
+//! one copy of at most 512 bytes, plus a decode per word, which the
 //! `DecodeCache` (decoded words by value) mostly saves: a queue's jobs
 //! repeat the same wrapper words.
 //!
@@ -35,12 +35,13 @@ use super::stop::{exception, FaultReason};
 /// Instructions in a 4 KiB page.
 pub(super) const WINDOW_WORDS: usize = (PAGE_SIZE / 8) as usize;
 
-/// Words one fill reads and decodes at most, from the fetch address on. A
-/// job's ring wrapper is about ten words, and a ring is tens of pages:
+/// Words one fill reads and decodes at most, from the fetch address on
+/// (never past the ring's insert point or the buffer's end). A job's ring
+/// wrapper is 16 words, so a fill covers four jobs queued together;
 /// decoding the rest of the page at every job would cost more than running
 /// it. A loop longer than this, or a branch back before the window's
 /// start, costs one more fill.
-const FILL_WORDS: usize = 32;
+const FILL_WORDS: usize = 64;
 
 /// What the execution loop does with a pre-decoded word. The register-only
 /// instructions get their own kinds (one per branch condition) and run in

@@ -777,9 +777,9 @@ fn stream_crossing_pages_and_self_modification() {
     let mut s = load(&mut env, start, &code, TimingModel::ZERO);
     assert_eq!(s.run(&mut env, BIG), Stop::Done);
     assert_eq!(s.reg(0), 700);
-    // 8 words to the end of the first page, then fills of 32 words:
-    // 16 for the second page, 6 for the last 180 words.
-    assert_eq!(s.stats().fetches, 23);
+    // 8 words to the end of the first page, then fills of 64 words:
+    // 8 for the second page, 3 for the last 180 words.
+    assert_eq!(s.stats().fetches, 12);
 
     // A store over a later instruction is seen by the fetch.
     let patched = Instr::Move32 { dst: 7, imm: 2 }.encode();
@@ -1833,7 +1833,7 @@ fn ring_wraps_around_its_end() {
 fn returns_reuse_the_callers_window_unless_it_was_written() {
     let mut env = TestEnv::new();
     // Eight jobs calling the same user stream, run in one slice: the
-    // ring's 128 words are fetched in four fills of two jobs each (running
+    // ring's 128 words are fetched in two fills of four jobs each (running
     // on past a window refills it in place), and the user stream once for
     // all of them (every CALL finds it in the spare window, every return
     // the ring's).
@@ -1849,7 +1849,7 @@ fn returns_reuse_the_callers_window_unless_it_was_written() {
     s.set_insert(q.insert).unwrap();
     assert_eq!(s.run(&mut env, BIG), Stop::Done);
     assert_eq!((s.reg(20), env.r64(q.syncobj)), (8, 8));
-    assert_eq!(s.stats().fetches, 5);
+    assert_eq!(s.stats().fetches, 3);
 
     // A callee that rewrites the caller's next instruction: the return
     // sees the new word.
