@@ -1026,8 +1026,10 @@ impl NativeContext {
         view: &RequestView<'_, impl NativeRequest>,
         arr: &u::ObjArray,
     ) -> Res<Vec<SyncOp>> {
-        let ops = view.array::<u::SyncOp>(arr).map_err(|e| e.errno())?;
-        ops.iter().map(|o| self.sync_op(o)).collect()
+        view.elements::<u::SyncOp>(arr)
+            .map_err(|e| e.errno())?
+            .map(|o| self.sync_op(&o.map_err(|e| e.errno())?))
+            .collect()
     }
 
     fn bind_lookup(&self, vm_id: u32) -> impl Fn(u32) -> Option<Arc<Bo>> + '_ {
