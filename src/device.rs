@@ -18,7 +18,7 @@ use vhost::vhost_user::GpuBackend;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_RING_RESET, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -304,60 +304,80 @@ impl GpuDevice {
         // library takes one per event: a memory table set meanwhile applies
         // from the next kick on (the old mappings stay valid until then).
         let mem: Arc<GuestMemoryMmap> = atomic.memory().into_inner();
+        // The chains available are taken together, under one lock of the
+        // vring (at most the queue size of them), then handled in order;
+        // chains made available meanwhile are taken on the next round.
+        let mut chains = Vec::new();
         loop {
-            let chain = {
+            {
                 let mut st = vring.get_mut();
                 match st.get_queue_mut().iter(&*mem) {
-                    Ok(mut it) => it.next(),
+                    Ok(it) => chains.extend(it),
                     Err(e) => {
                         guest_warn!(
                             lock(&self.limiter),
                             "queue {queue} is broken ({e}); waiting for a reset"
                         );
                         broken = true;
-                        None
-                    }
-                }
-            };
-            let Some(chain) = chain else {
-                break;
-            };
-            let head = chain.head_index();
-            bufs.walk(chain, &mem);
-            let reader = bufs.reader(&mem).ok();
-            let mut writer = bufs.writer(&mem).ok();
-            let outcome =
-                lock(&self.state).handle(&mem, reader, writer.as_mut(), queue == CURSOR_QUEUE);
-            self.commands.fetch_add(1, Ordering::Relaxed);
-            let held = HeldChain {
-                head,
-                len: outcome.len,
-            };
-            match (outcome.fence, outcome.pending) {
-                (None, _) => ready.push(held),
-                (Some((timeline, id)), None) => {
-                    lock(&self.completer.fences).push(timeline, id, held, true, &mut ready);
-                }
-                (Some((timeline, id)), Some(tracker)) => {
-                    // Queued as not done first, so that the work cannot
-                    // complete the fence before it is known. If the work
-                    // already ended, the fence completes here, its chain
-                    // joining this drain's batch.
-                    let mut rings = lock(&self.completer.fences);
-                    rings.push(timeline, id, held, false, &mut ready);
-                    if tracker.release() {
-                        rings.complete(timeline, id, &mut ready);
                     }
                 }
             }
-            if let Some(ctx) = outcome.destroyed_ctx {
-                ready.extend(lock(&self.completer.fences).flush_context(ctx));
+            if chains.is_empty() {
+                break;
+            }
+            for chain in chains.drain(..) {
+                self.handle_chain(chain, &mem, queue, &mut bufs, &mut ready);
+            }
+            if broken {
+                break;
             }
         }
         // Every fence of the batch is queued: the engines may now run the
         // batch's jobs, in one pass each, and complete them.
         lock(&self.state).ring_engines();
         (ready, broken)
+    }
+
+    /// Handles one chain: the request, its response, and its fence (held
+    /// until the work is done, or `ready` for the used ring).
+    fn handle_chain(
+        &self,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        mem: &Arc<GuestMemoryMmap>,
+        queue: u16,
+        bufs: &mut ChainBuffers,
+        ready: &mut Vec<HeldChain>,
+    ) {
+        let head = chain.head_index();
+        bufs.walk(chain, mem);
+        let reader = bufs.reader(mem).ok();
+        let mut writer = bufs.writer(mem).ok();
+        let outcome = lock(&self.state).handle(mem, reader, writer.as_mut(), queue == CURSOR_QUEUE);
+        self.commands.fetch_add(1, Ordering::Relaxed);
+        let held = HeldChain {
+            head,
+            len: outcome.len,
+        };
+        match (outcome.fence, outcome.pending) {
+            (None, _) => ready.push(held),
+            (Some((timeline, id)), None) => {
+                lock(&self.completer.fences).push(timeline, id, held, true, ready);
+            }
+            (Some((timeline, id)), Some(tracker)) => {
+                // Queued as not done first, so that the work cannot
+                // complete the fence before it is known. If the work
+                // already ended, the fence completes here, its chain
+                // joining this drain's batch.
+                let mut rings = lock(&self.completer.fences);
+                rings.push(timeline, id, held, false, ready);
+                if tracker.release() {
+                    rings.complete(timeline, id, ready);
+                }
+            }
+        }
+        if let Some(ctx) = outcome.destroyed_ctx {
+            ready.extend(lock(&self.completer.fences).flush_context(ctx));
+        }
     }
 }
 
