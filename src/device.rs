@@ -325,8 +325,9 @@ impl GpuDevice {
             if chains.is_empty() {
                 break;
             }
+            let mut state = lock(&self.state);
             for chain in chains.drain(..) {
-                self.handle_chain(chain, &mem, queue, &mut bufs, &mut ready);
+                self.handle_chain(&mut state, chain, &mem, queue, &mut bufs, &mut ready);
             }
             if broken {
                 break;
@@ -339,9 +340,11 @@ impl GpuDevice {
     }
 
     /// Handles one chain: the request, its response, and its fence (held
-    /// until the work is done, or `ready` for the used ring).
+    /// until the work is done, or `ready` for the used ring). The caller
+    /// holds the state's lock for the round of chains.
     fn handle_chain(
         &self,
+        state: &mut GpuState,
         chain: DescriptorChain<&GuestMemoryMmap>,
         mem: &Arc<GuestMemoryMmap>,
         queue: u16,
@@ -352,7 +355,7 @@ impl GpuDevice {
         bufs.walk(chain, mem);
         let reader = bufs.reader(mem).ok();
         let mut writer = bufs.writer(mem).ok();
-        let outcome = lock(&self.state).handle(mem, reader, writer.as_mut(), queue == CURSOR_QUEUE);
+        let outcome = state.handle(mem, reader, writer.as_mut(), queue == CURSOR_QUEUE);
         self.commands.fetch_add(1, Ordering::Relaxed);
         let held = HeldChain {
             head,
