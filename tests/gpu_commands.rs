@@ -721,6 +721,33 @@ fn contexts_and_submit_framing() {
         ..lying
     };
     assert_eq!(g.ctrl_code(&huge).unwrap(), RESP_ERR_OUT_OF_MEMORY);
+    // A header without the size fields.
+    assert_eq!(
+        g.ctrl_code(&ctx_hdr(SUBMIT_3D, 1)).unwrap(),
+        RESP_ERR_INVALID_PARAMETER
+    );
+    // A command buffer larger than the part read with the size fields
+    // (80 000 bytes: 1250 NOPs of 64 bytes) is read in full; one byte
+    // short of its last NOP is a framing error.
+    let many: Vec<u8> = (0..1250u32)
+        .flat_map(|i| {
+            let mut nop = NativeCmdHdr {
+                cmd: NATIVE_CMD_NOP,
+                len: 64,
+                seqno: i,
+                rsp_off: 0,
+            }
+            .as_slice()
+            .to_vec();
+            nop.resize(64, 0);
+            nop
+        })
+        .collect();
+    assert_eq!(g.submit_3d(ctx_hdr(0, 1), &many).unwrap(), RESP_OK_NODATA);
+    assert_eq!(
+        g.submit_3d(ctx_hdr(0, 1), &many[..many.len() - 1]).unwrap(),
+        RESP_ERR_INVALID_PARAMETER
+    );
 
     // 3D transfers of a buffer validate their box.
     let mem = g.alloc(4096).unwrap();

@@ -502,7 +502,7 @@ impl GpuState {
             cmd::CTX_DESTROY => self.need_virgl()?.ctx_destroy(hdr),
             cmd::CTX_ATTACH_RESOURCE => self.need_virgl()?.ctx_attach(read(hdr, r)?, true),
             cmd::CTX_DETACH_RESOURCE => self.need_virgl()?.ctx_attach(read(hdr, r)?, false),
-            cmd::SUBMIT_3D => self.need_virgl()?.submit_3d(read(hdr, r)?, r, mem),
+            cmd::SUBMIT_3D => self.need_virgl()?.submit_3d(hdr, r, mem),
             cmd::UPDATE_CURSOR | cmd::MOVE_CURSOR => {
                 Err(invalid("cursor command on the control queue"))
             }
@@ -1323,12 +1323,55 @@ impl GpuState {
         Ok(Resp::NoData)
     }
 
+    /// SUBMIT_3D. The rest of the request (the size fields and, in the
+    /// usual case, the whole command buffer) is read in one go, before the
+    /// buffer's size is known, up to [`KEPT_SUBMIT_BYTES`]; a larger buffer
+    /// takes a second read once its size is checked.
     fn submit_3d(
         &mut self,
-        req: CmdSubmit,
+        hdr: &CtrlHdr,
         r: &mut Reader<'_>,
         snapshot: &GuestMemoryMmap,
     ) -> Result<Resp, CmdError> {
+        let present = r.available_bytes();
+        if present < SUBMIT_TAIL {
+            return Err(invalid(format!(
+                "request shorter than its {}-byte structure",
+                std::mem::size_of::<CmdSubmit>()
+            )));
+        }
+        // The buffer is copied once, so the guest cannot change it while
+        // it is parsed. The copy's storage is kept for the next one unless
+        // it is larger than usual.
+        let mut buf = std::mem::take(&mut self.submit_buf);
+        buf.clear();
+        buf.resize(present.min(SUBMIT_TAIL + KEPT_SUBMIT_BYTES), 0);
+        let r = r
+            .read_exact(&mut buf)
+            .map_err(|e| invalid(format!("reading command buffer: {e}")))
+            .and_then(|()| self.checked_submit(hdr, &mut buf, r, present, snapshot));
+        if buf.capacity() <= SUBMIT_TAIL + KEPT_SUBMIT_BYTES {
+            self.submit_buf = buf;
+        }
+        r
+    }
+
+    /// SUBMIT_3D once the start of the request is in `buf`: its fields
+    /// checked, the rest of a large command buffer read.
+    fn checked_submit(
+        &mut self,
+        hdr: &CtrlHdr,
+        buf: &mut Vec<u8>,
+        r: &mut Reader<'_>,
+        present: usize,
+        snapshot: &GuestMemoryMmap,
+    ) -> Result<Resp, CmdError> {
+        let mut req = CmdSubmit {
+            hdr: *hdr,
+            ..Default::default()
+        };
+        let tail = SUBMIT_TAIL;
+        req.as_mut_slice()[std::mem::size_of::<CtrlHdr>()..].copy_from_slice(&buf[..tail]);
         let ctx_id = req.hdr.ctx_id;
         if !self.contexts.contains_key(&ctx_id) {
             return Err(CmdError::InvalidContext(ctx_id));
@@ -1342,27 +1385,21 @@ impl GpuState {
                 req.size, self.cfg.limits.max_submit_bytes
             )));
         }
-        if r.available_bytes() < req.size as usize {
+        let size = req.size as usize;
+        if present - tail < size {
             return Err(invalid(format!(
                 "command buffer announces {} bytes, {} present",
                 req.size,
-                r.available_bytes()
+                present - tail
             )));
         }
-        // The buffer is copied once, so the guest cannot change it while
-        // it is parsed. The copy's storage is kept for the next one unless
-        // it is larger than usual.
-        let mut buf = std::mem::take(&mut self.submit_buf);
-        buf.clear();
-        buf.resize(req.size as usize, 0);
-        let r = r
-            .read_exact(&mut buf)
-            .map_err(|e| invalid(format!("reading command buffer: {e}")))
-            .and_then(|()| self.run_submit(&req, &buf, snapshot));
-        if buf.capacity() <= KEPT_SUBMIT_BYTES {
-            self.submit_buf = buf;
+        if buf.len() < tail + size {
+            let have = buf.len();
+            buf.resize(tail + size, 0);
+            r.read_exact(&mut buf[have..])
+                .map_err(|e| invalid(format!("reading command buffer: {e}")))?;
         }
-        r
+        self.run_submit(&req, &buf[tail..tail + size], snapshot)
     }
 
     /// SUBMIT_3D once its command buffer is copied.
@@ -1452,6 +1489,9 @@ impl GpuState {
 
 /// The largest SUBMIT_3D buffer whose storage is kept for the next one.
 const KEPT_SUBMIT_BYTES: usize = 64 << 10;
+
+/// The bytes of a SUBMIT_3D request after its header: size and in-fences.
+const SUBMIT_TAIL: usize = std::mem::size_of::<CmdSubmit>() - std::mem::size_of::<CtrlHdr>();
 
 /// The fixed-size request `T`: the header already read, then the rest of
 /// `T` from `r`.
