@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::events::{on_event, Completions, Shared, Work, WorkKind, INDEX_BITS};
+use super::events::{on_events, Completions, Shared, Work, WorkKind, INDEX_BITS};
 use super::fences::{FenceSink, WorkTracker};
 use super::framing::commands;
 use super::kmem::SharedPool;
@@ -559,14 +559,12 @@ impl NativeContext {
                 ..EngineConfig::default()
             };
             let batch = self.completions.clone();
-            let flush = batch.clone();
-            let engine = Engine::spawn_with_pass_end(
+            let engine = Engine::spawn_batched(
                 env.mem.clone(),
                 self.pool.clone(),
                 self.cfg.model,
                 config,
-                Box::new(move |ev| on_event(&shared, &mem, &batch, ev)),
-                Box::new(move || flush.flush()),
+                Box::new(move |events| on_events(&shared, &mem, &batch, events)),
             )
             .map_err(|e| {
                 log::warn!("cannot start the GPU engine: {e}");

@@ -2,12 +2,14 @@
 //!
 //! Each command that queues work (GROUP_SUBMIT, asynchronous VM_BIND,
 //! SYNCOBJ_WAIT) registers one [`Work`] before it hands the work to the
-//! engine. The engine reports completions on its own thread through
-//! [`on_event`], which finishes the work: it writes the completion record
-//! and the asynchronous error fields of the response memory, then drops the
-//! work's count on the SUBMIT_3D's [`WorkTracker`], completing its fence
-//! when nothing else is outstanding. The handler never takes the device
-//! state lock, so the worker may wait for the engine while holding it.
+//! engine. The engine reports the completions of each service pass
+//! together, on the thread that ran the pass, through [`on_events`], which
+//! finishes the work: it writes the completion record and the asynchronous
+//! error fields of the response memory, then drops the work's count on the
+//! SUBMIT_3D's [`WorkTracker`], completing the fences of the pass together
+//! ([`Completions`]) once nothing else holds them. The handler never takes
+//! the device state lock, so the worker may wait for the engine while
+//! holding it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -247,15 +249,38 @@ pub fn engine_errno(e: EngineError) -> i32 {
     }
 }
 
-/// Handles one engine event (on the engine thread). Fences it completes
-/// are collected in `batch`, for the caller to flush at the end of the
-/// engine's pass.
-pub fn on_event(
+/// Handles the engine events of one service pass (on the thread that ran
+/// the pass), in order, under one lock of the shared state; then writes
+/// the results of the work they finished and completes the fences that
+/// work held, together (see [`Completions::flush`]). Empties `events`.
+pub fn on_events(
     shared: &Shared,
     mem: &GuestMemoryAtomic<GuestMemoryMmap>,
     batch: &Completions,
-    ev: EngineEvent,
+    events: &mut Vec<EngineEvent>,
 ) {
+    let mut finished = Vec::new();
+    {
+        let mut st = shared.lock();
+        for ev in events.drain(..) {
+            if let Some(w) = on_event(&mut st, ev) {
+                finished.push(w);
+            }
+        }
+    }
+    let mut done = Vec::new();
+    for w in finished {
+        finalize_with(w, mem, &mut done);
+    }
+    if !done.is_empty() {
+        batch.lock().append(&mut done);
+    }
+    batch.flush();
+}
+
+/// Applies one engine event to the shared state; returns the work it
+/// finished, if its response is already written (armed).
+fn on_event(st: &mut AsyncState, ev: EngineEvent) -> Option<Work> {
     match &ev {
         EngineEvent::JobDone {
             group,
@@ -281,30 +306,17 @@ pub fn on_event(
             user_data, error, ..
         } => {
             let id = user_data >> INDEX_BITS;
-            let w = {
-                let mut st = shared.lock();
-                let Some(w) = st.works.get_mut(&id) else {
-                    return;
-                };
-                let never_queued = std::mem::take(&mut w.remaining);
-                w.result = -engine_errno(error);
-                w.rejected = true;
-                let armed = w.armed;
-                if !armed {
-                    // The worker rewrites the response after its own.
-                    w.finished = true;
-                }
-                st.jobs_in_flight = st.jobs_in_flight.saturating_sub(never_queued);
-                if armed {
-                    st.works.remove(&id)
-                } else {
-                    None
-                }
-            };
-            if let Some(w) = w {
-                finalize_with(w, mem, batch);
+            let w = st.works.get_mut(&id)?;
+            let never_queued = std::mem::take(&mut w.remaining);
+            w.result = -engine_errno(error);
+            w.rejected = true;
+            let armed = w.armed;
+            if !armed {
+                // The worker rewrites the response after its own.
+                w.finished = true;
             }
-            return;
+            st.jobs_in_flight = st.jobs_in_flight.saturating_sub(never_queued);
+            return if armed { st.works.remove(&id) } else { None };
         }
         EngineEvent::Firmware(fw) => {
             let (group, fault) = match fw {
@@ -322,68 +334,56 @@ pub fn on_event(
                         fault_va: fault.va,
                     },
                 ),
-                _ => return,
+                _ => return None,
             };
-            shared.lock().faults.entry(group).or_insert(fault);
-            return;
+            st.faults.entry(group).or_insert(fault);
+            return None;
         }
     };
     let id = user_data >> INDEX_BITS;
     let index = (user_data & ((1 << INDEX_BITS) - 1)) as u32;
     let ret = errno_of(result);
-    let finished = {
-        let mut st = shared.lock();
-        let Some(w) = st.works.get_mut(&id) else {
-            return;
-        };
-        if w.result == 0 {
-            w.result = ret;
-        }
-        w.remaining = w.remaining.saturating_sub(1);
-        w.last_index = index;
-        let kind = w.kind;
-        let done = w.remaining == 0 || matches!(kind, WorkKind::Wait { any: true });
-        let armed = w.armed;
-        if done && !armed {
-            // The response is not written yet: the worker reports it.
-            w.finished = true;
-        }
-        if kind == WorkKind::Jobs {
-            st.jobs_in_flight = st.jobs_in_flight.saturating_sub(1);
-        }
-        if !done || !armed {
-            None
-        } else {
-            let w = st.works.remove(&id);
-            if let Some(w) = &w {
-                match w.kind {
-                    WorkKind::Bind { ops } => {
-                        st.binds_in_flight = st.binds_in_flight.saturating_sub(ops)
-                    }
-                    WorkKind::Wait { .. } => st.waits = st.waits.saturating_sub(1),
-                    WorkKind::Jobs => {
-                        st.jobs_in_flight = st.jobs_in_flight.saturating_sub(w.remaining)
-                    }
-                }
-            }
-            w
-        }
-    };
-    let Some(w) = finished else {
-        return;
-    };
-    finalize_with(w, mem, batch);
+    let w = st.works.get_mut(&id)?;
+    if w.result == 0 {
+        w.result = ret;
+    }
+    w.remaining = w.remaining.saturating_sub(1);
+    w.last_index = index;
+    let kind = w.kind;
+    let done = w.remaining == 0 || matches!(kind, WorkKind::Wait { any: true });
+    let armed = w.armed;
+    if done && !armed {
+        // The response is not written yet: the worker reports it.
+        w.finished = true;
+    }
+    if kind == WorkKind::Jobs {
+        st.jobs_in_flight = st.jobs_in_flight.saturating_sub(1);
+    }
+    if !done || !armed {
+        return None;
+    }
+    let w = st.works.remove(&id)?;
+    match w.kind {
+        WorkKind::Bind { ops } => st.binds_in_flight = st.binds_in_flight.saturating_sub(ops),
+        WorkKind::Wait { .. } => st.waits = st.waits.saturating_sub(1),
+        WorkKind::Jobs => st.jobs_in_flight = st.jobs_in_flight.saturating_sub(w.remaining),
+    }
+    Some(w)
 }
 
 /// [`finalize`] with guest memory taken from `mem` only if the work has
 /// something to write (most jobs have not: no record, no error).
-fn finalize_with(w: Work, mem: &GuestMemoryAtomic<GuestMemoryMmap>, batch: &Completions) {
+fn finalize_with(
+    w: Work,
+    mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    done: &mut Vec<Arc<WorkTracker>>,
+) {
     let writes = w.rsp.is_some()
         && (w.rejected || w.first_signaled.is_some() || w.record.is_some() || w.result != 0);
     if writes {
-        finalize(w, &*mem.memory(), Some(batch));
+        finalize(w, &*mem.memory(), Some(done));
     } else {
-        release(w, Some(batch));
+        release(w, Some(done));
     }
 }
 
@@ -392,7 +392,7 @@ fn finalize_with(w: Work, mem: &GuestMemoryAtomic<GuestMemoryMmap>, batch: &Comp
 fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(
     w: Work,
     m: &M,
-    batch: Option<&Completions>,
+    done: Option<&mut Vec<Arc<WorkTracker>>>,
 ) {
     if w.rejected {
         // The command failed after all: its response, record and error
@@ -416,17 +416,18 @@ fn finalize<M: vm_memory::GuestMemoryBackend + ?Sized>(
             rsp.async_error(m, w.seqno, w.result);
         }
     }
-    release(w, batch);
+    release(w, done);
 }
 
-/// Drops finished work's fence count: at once, or into `batch` on the
-/// engine thread.
-fn release(w: Work, batch: Option<&Completions>) {
+/// Drops finished work's fence count: at once, or, on the engine's side,
+/// into `done` (trackers whose fence is now due, completed together with
+/// [`Completions::flush`]).
+fn release(w: Work, done: Option<&mut Vec<Arc<WorkTracker>>>) {
     if let Some(t) = w.tracker {
-        match batch {
-            Some(b) => {
+        match done {
+            Some(d) => {
                 if t.release() {
-                    b.lock().push(t);
+                    d.push(t);
                 }
             }
             None => t.done(),

@@ -14,8 +14,8 @@
 //! already pending is not repeated.
 //! Argument errors come back synchronously with Panthor's errnos
 //! ([`EngineError::errno`]); completions come out later through the event
-//! callback ([`EngineEvent`]), called on the engine thread, which the
-//! transport turns into fences.
+//! callback ([`EngineEvent`]; with [`Engine::spawn_batched`], the events of
+//! a pass together at its end), which the transport turns into fences.
 //!
 //! The thread is an event-manager loop on two file descriptors (see
 //! [`worker`]): the doorbell and a timerfd armed for the firmware's next
@@ -135,6 +135,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// Where the events of a service pass go, together ([`Engine::spawn_batched`]).
+pub type EventsSink = Box<dyn Fn(&mut Vec<EngineEvent>) + Send>;
+
 /// The handle of a running engine; see the [module documentation](self).
 #[derive(Debug)]
 pub struct Engine {
@@ -172,21 +175,26 @@ impl Engine {
         A::M: GuestMemoryBackend,
         K: KernelMemory + Send + 'static,
     {
-        Self::spawn_with_pass_end(mem, kmem, model, config, on_event, Box::new(|| {}))
+        let each: EventsSink = Box::new(move |events| {
+            for e in events.drain(..) {
+                on_event(e);
+            }
+        });
+        Self::spawn_batched(mem, kmem, model, config, each)
     }
 
-    /// [`Engine::spawn`] with a second callback, `on_pass_end`, called on
-    /// the engine thread after each service pass (all queued commands
-    /// handled, the firmware run) and after the teardown. The events of one
-    /// pass all come before it, so a receiver can batch what they trigger
-    /// (fence completions, used-ring notifications) and flush it there.
-    pub fn spawn_with_pass_end<A, K>(
+    /// [`Engine::spawn`] with the events of each service pass (all queued
+    /// commands handled, the firmware run) handed over together at its
+    /// end, in order, on the thread that ran the pass (the engine's, or
+    /// the caller of [`Engine::kick`]); also after the teardown. A receiver
+    /// can so batch what they trigger (fence completions, used-ring
+    /// notifications). It is not called for a pass without events.
+    pub fn spawn_batched<A, K>(
         mem: A,
         kmem: K,
         model: GpuModel,
         config: EngineConfig,
-        on_event: Box<dyn Fn(EngineEvent) + Send>,
-        on_pass_end: Box<dyn Fn() + Send>,
+        on_events: EventsSink,
     ) -> io::Result<Engine>
     where
         A: GuestAddressSpace + Send + 'static,
@@ -208,7 +216,7 @@ impl Engine {
             mailbox.clone(),
             (doorbell.try_clone()?, rung.clone()),
             timer,
-            (on_event, on_pass_end),
+            on_events,
         );
         let worker = Arc::new(std::sync::Mutex::new(worker));
         let inline: Arc<dyn InlinePass> = worker.clone();

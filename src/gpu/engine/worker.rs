@@ -44,10 +44,11 @@ pub const INLINE_SLICES: usize = 16;
 /// Largest firmware-event buffer kept from one pass to the next.
 const KEPT_FW_EVENTS: usize = 1024;
 
-/// The callback events go to.
-pub(crate) type Sink = Box<dyn Fn(EngineEvent) + Send>;
-/// The callback run at the end of each service pass.
-pub(crate) type PassEnd = Box<dyn Fn() + Send>;
+/// The callback a pass's events go to, together, at the end of the pass.
+pub(crate) type Sink = super::EventsSink;
+
+/// Largest event buffer kept from one pass to the next.
+const KEPT_EVENTS: usize = 1024;
 
 /// What a waiter recorded in the syncobj table unblocks.
 enum Target {
@@ -84,7 +85,8 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     armed: Option<u64>,
     start: Instant,
     sink: Sink,
-    pass_end: PassEnd,
+    /// The events of the current pass, handed to `sink` at its end.
+    out: Vec<EngineEvent>,
     /// Engine ids (jobs, bind ops, VM_BINDs) and waiter ids.
     next_id: u64,
     waiters: IdMap<u64, Target>,
@@ -117,7 +119,7 @@ where
         mailbox: Arc<Mailbox>,
         (doorbell, rung): (EventFd, Arc<AtomicBool>),
         timer: TimerFd,
-        (sink, pass_end): (Sink, PassEnd),
+        sink: Sink,
     ) -> Self {
         Self {
             mem,
@@ -132,7 +134,7 @@ where
             armed: None,
             start: Instant::now(),
             sink,
-            pass_end,
+            out: Vec::new(),
             next_id: 1,
             waiters: IdMap::default(),
             deadlines: BTreeSet::new(),
@@ -158,8 +160,21 @@ where
         id
     }
 
-    fn emit(&self, event: EngineEvent) {
-        (self.sink)(event);
+    fn emit(&mut self, event: EngineEvent) {
+        self.out.push(event);
+    }
+
+    /// Ends a service pass: hands its events to the sink, in order.
+    pub fn end_pass(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        (self.sink)(&mut out);
+        out.clear();
+        if out.capacity() <= KEPT_EVENTS {
+            self.out = out;
+        }
     }
 
     /// Handles every queued command, runs the firmware once and re-arms
@@ -763,7 +778,7 @@ where
         self.waiters.clear();
         self.deadlines.clear();
         self.stopped = true;
-        (self.pass_end)();
+        self.end_pass();
     }
 }
 
@@ -800,7 +815,7 @@ where
         };
         if !w.stopped {
             w.service_inline();
-            (w.pass_end)();
+            w.end_pass();
         }
         true
     }
@@ -848,7 +863,7 @@ where
         }
         if !self.stopped {
             self.service();
-            (self.pass_end)();
+            self.end_pass();
         }
     }
 }
