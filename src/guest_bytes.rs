@@ -4,7 +4,7 @@
 //! spans memory regions by iterating over the regions' slices. That
 //! machinery costs more than the copy itself for the small reads and
 //! writes of a request (headers, command buffers, responses, ring words),
-//! and nearly every such range lies in one region. [`read`] and [`write`]
+//! and nearly every such range lies in one region. [`read()`] and [`write()`]
 //! take that range as one vm-memory slice (one region lookup, bounds
 //! checked by vm-memory, dirty pages marked as usual) and fall back to
 //! `read_slice` / `write_slice` for anything else, so the result is the
