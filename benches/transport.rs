@@ -22,7 +22,11 @@
 //! `cargo bench --bench transport`; `TRANSPORT_ITERS` (default 20000) sets
 //! the round trips per measurement and `TRANSPORT_BATCHES` (default 2000) the
 //! batches of 64. `TRANSPORT_CASES=jobs` measures only the echo figures the
-//! ratios need and the GPU jobs (for profiling them).
+//! ratios need and the GPU jobs (for profiling them);
+//! `TRANSPORT_CASES=job-batch` and `echo-batch` measure only the GPU jobs
+//! 64 per kick, or only the echo floor 64 per kick, with driver and device
+//! on the first CPU (for counting instructions per request, see
+//! docs/PERFORMANCE.md).
 //! `TRANSPORT_COUNT_ALLOCS=1` also prints the heap allocations per request
 //! of the batched figures (the whole process: driver and device), counted
 //! over 200 more batches run untimed after each timed one.
@@ -469,6 +473,11 @@ fn gpu_jobs(g: &mut GpuDriver, iters: usize, batches: usize, floor: (f64, f64)) 
     let hdr_len = std::mem::size_of::<CtrlHdr>();
     let vmm = &mut g.vmm;
     let label = "fenced no-op GPU job";
+    if cases() == Cases::JobBatch {
+        let jps = batched(vmm, &req, hdr_len, batches);
+        println!("  GPU jobs {BATCH}/kick {:.3} M jobs/s", jps / 1e6);
+        return;
+    }
     round_trips(vmm, &req, hdr_len, WARMUP / 4);
     let s = stats(round_trips(vmm, &req, hdr_len, iters));
     print_latency(&format!("{label}, coarse wait"), &s);
@@ -545,6 +554,27 @@ fn run(
     }
 
     println!("{label}:");
+    match cases() {
+        Cases::EchoBatch => {
+            vmm.queue(0).set_wait_mode(COARSE).expect("wait mode");
+            let rps = batched_throughput(&mut vmm, batches);
+            println!("  echo {BATCH} per kick {:.3} M requests/s", rps / 1e6);
+            return;
+        }
+        Cases::JobBatch => {
+            drop(vmm);
+            drop(daemon);
+            let _ = std::fs::remove_file(&path);
+            if let Some(c) = device_cpu {
+                set_affinity(&[c]).expect("pin device");
+            }
+            let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
+            gpu_device(iters, batches, (0.0, 0.0), &driver_pin);
+            set_affinity(&all).expect("restore affinity");
+            return;
+        }
+        Cases::All | Cases::Jobs => {}
+    }
     let floor = if jobs_only() {
         brief_floor(&mut vmm, iters, batches)
     } else {
@@ -620,9 +650,36 @@ fn brief_floor(vmm: &mut TestVmm, iters: usize, batches: usize) -> (f64, f64) {
     (echo_p50, rps)
 }
 
-/// `TRANSPORT_CASES=jobs`: only the echo floor and the GPU jobs.
+/// What `TRANSPORT_CASES` selects (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cases {
+    All,
+    /// `jobs`: the echo figures the ratios need and the GPU jobs.
+    Jobs,
+    /// `job-batch`: only GPU jobs 64 per kick, driver and device on one
+    /// CPU, with no ratio (for counting or profiling that case alone).
+    JobBatch,
+    /// `echo-batch`: only the echo floor 64 per kick, on one CPU.
+    EchoBatch,
+}
+
+fn cases() -> Cases {
+    match std::env::var("TRANSPORT_CASES").as_deref() {
+        Ok("jobs") => Cases::Jobs,
+        Ok("job-batch") => Cases::JobBatch,
+        Ok("echo-batch") => Cases::EchoBatch,
+        _ => Cases::All,
+    }
+}
+
+/// Whether only the echo figures the ratios need are measured.
 fn jobs_only() -> bool {
-    std::env::var("TRANSPORT_CASES").is_ok_and(|v| v == "jobs")
+    cases() != Cases::All
+}
+
+/// Whether one case alone is measured, on one CPU.
+fn single_case() -> bool {
+    matches!(cases(), Cases::JobBatch | Cases::EchoBatch)
 }
 
 fn main() {
@@ -633,10 +690,12 @@ fn main() {
         "transport floor: echo back end, {MSG}-byte request and response, {iters} round trips \
          after {WARMUP} warm-up, CPUs {cpus:?}"
     );
-    run("unpinned", None, None, iters, batches);
+    if !single_case() {
+        run("unpinned", None, None, iters, batches);
+    }
     if let Some(&c0) = cpus.first() {
         run("pinned, same CPU", Some(c0), Some(c0), iters, batches);
-        if let Some(&c1) = cpus.get(1) {
+        if let Some(&c1) = cpus.get(1).filter(|_| !single_case()) {
             run("pinned, different CPUs", Some(c0), Some(c1), iters, batches);
         }
     }
