@@ -446,7 +446,16 @@ impl NativeContext {
                 }
             }
         }
-        Ok(tracker.filter(|t| t.has_work()))
+        match tracker {
+            Some(t) if t.has_work() => Ok(Some(t)),
+            // Nothing queued: the fence completes with the request, and
+            // the tracker is kept for the next one.
+            Some(t) => {
+                self.completions.keep([t]);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
     }
 
     fn init<M: vm_memory::GuestMemoryBackend>(

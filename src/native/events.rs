@@ -210,6 +210,17 @@ impl Completions {
         WorkTracker::new(timeline, fence_id, sink.clone())
     }
 
+    /// Keeps the trackers nothing else holds for reuse (the others, and
+    /// any beyond [`SPARE_TRACKERS`], are dropped).
+    pub fn keep(&self, trackers: impl IntoIterator<Item = Arc<WorkTracker>>) {
+        let mut spare = self.spare();
+        for t in trackers {
+            if spare.len() < SPARE_TRACKERS && Arc::strong_count(&t) == 1 {
+                spare.push(t);
+            }
+        }
+    }
+
     /// Completes every fence collected: one sink call per run of trackers
     /// sharing a sink (in practice one call).
     pub fn flush(&self) {
@@ -230,13 +241,7 @@ impl Completions {
             }
             sink.complete_many(&fences);
         }
-        // Keep the trackers nothing else holds.
-        let mut spare = self.spare();
-        for t in done.drain(..) {
-            if spare.len() < SPARE_TRACKERS && Arc::strong_count(&t) == 1 {
-                spare.push(t);
-            }
-        }
+        self.keep(done.drain(..));
     }
 }
 
@@ -479,5 +484,11 @@ mod tests {
         // With nothing kept, a new one.
         let fresh = c.tracker(T, 4, &sink);
         assert_eq!(fresh.fence(), (T, 4));
+        // A tracker given back while something still holds it is not kept.
+        let held = fresh.clone();
+        c.keep([fresh]);
+        assert!(c.spare().is_empty());
+        c.keep([held]);
+        assert_eq!(c.spare().len(), 1);
     }
 }
