@@ -97,7 +97,7 @@ pub use command::{
 pub use event::EngineEvent;
 
 use command::{Command, Mailbox, Reply};
-use worker::{InlinePass, SharedWorker, Worker};
+use worker::{InlinePass, SharedWorker, Sink, Worker};
 
 use crate::gpu::firmware::{
     Firmware, FwConfig, GroupCreate, GroupStatus, HeapCreate, HeapInfo, KernelMemory,
@@ -175,12 +175,7 @@ impl Engine {
         A::M: GuestMemoryBackend,
         K: KernelMemory + Send + 'static,
     {
-        let each: EventsSink = Box::new(move |events| {
-            for e in events.drain(..) {
-                on_event(e);
-            }
-        });
-        Self::spawn_batched(mem, kmem, model, config, each)
+        Self::spawn_with(mem, kmem, model, config, Sink::Each(on_event))
     }
 
     /// [`Engine::spawn`] with the events of each service pass (all queued
@@ -195,6 +190,21 @@ impl Engine {
         model: GpuModel,
         config: EngineConfig,
         on_events: EventsSink,
+    ) -> io::Result<Engine>
+    where
+        A: GuestAddressSpace + Send + 'static,
+        A::M: GuestMemoryBackend,
+        K: KernelMemory + Send + 'static,
+    {
+        Self::spawn_with(mem, kmem, model, config, Sink::Batch(on_events))
+    }
+
+    fn spawn_with<A, K>(
+        mem: A,
+        kmem: K,
+        model: GpuModel,
+        config: EngineConfig,
+        sink: Sink,
     ) -> io::Result<Engine>
     where
         A: GuestAddressSpace + Send + 'static,
@@ -216,7 +226,7 @@ impl Engine {
             mailbox.clone(),
             (doorbell.try_clone()?, rung.clone()),
             timer,
-            on_events,
+            sink,
         );
         let worker = Arc::new(std::sync::Mutex::new(worker));
         let inline: Arc<dyn InlinePass> = worker.clone();

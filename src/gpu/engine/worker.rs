@@ -44,8 +44,11 @@ pub const INLINE_SLICES: usize = 16;
 /// Largest firmware-event buffer kept from one pass to the next.
 const KEPT_FW_EVENTS: usize = 1024;
 
-/// The callback a pass's events go to, together, at the end of the pass.
-pub(crate) type Sink = super::EventsSink;
+/// Where events go: each as it happens, or a pass's together at its end.
+pub(crate) enum Sink {
+    Each(Box<dyn Fn(EngineEvent) + Send>),
+    Batch(super::EventsSink),
+}
 
 /// Largest event buffer kept from one pass to the next.
 const KEPT_EVENTS: usize = 1024;
@@ -85,7 +88,7 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     armed: Option<u64>,
     start: Instant,
     sink: Sink,
-    /// The events of the current pass, handed to `sink` at its end.
+    /// The events of the current pass, for a batch sink at its end.
     out: Vec<EngineEvent>,
     /// Engine ids (jobs, bind ops, VM_BINDs) and waiter ids.
     next_id: u64,
@@ -161,16 +164,21 @@ where
     }
 
     fn emit(&mut self, event: EngineEvent) {
-        self.out.push(event);
+        match &self.sink {
+            Sink::Each(f) => f(event),
+            Sink::Batch(_) => self.out.push(event),
+        }
     }
 
-    /// Ends a service pass: hands its events to the sink, in order.
+    /// Ends a service pass: hands its events to a batch sink, in order.
     pub fn end_pass(&mut self) {
         if self.out.is_empty() {
             return;
         }
         let mut out = std::mem::take(&mut self.out);
-        (self.sink)(&mut out);
+        if let Sink::Batch(f) = &self.sink {
+            f(&mut out);
+        }
         out.clear();
         if out.capacity() <= KEPT_EVENTS {
             self.out = out;
