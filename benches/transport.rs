@@ -554,31 +554,17 @@ fn run(
     }
 
     println!("{label}:");
-    match cases() {
+    let floor = match cases() {
         Cases::EchoBatch => {
             vmm.queue(0).set_wait_mode(COARSE).expect("wait mode");
             let rps = batched_throughput(&mut vmm, batches);
             println!("  echo {BATCH} per kick {:.3} M requests/s", rps / 1e6);
             return;
         }
-        Cases::JobBatch => {
-            drop(vmm);
-            drop(daemon);
-            let _ = std::fs::remove_file(&path);
-            if let Some(c) = device_cpu {
-                set_affinity(&[c]).expect("pin device");
-            }
-            let driver_pin = driver_cpu.map(|c| vec![c]).unwrap_or_else(|| all.clone());
-            gpu_device(iters, batches, (0.0, 0.0), &driver_pin);
-            set_affinity(&all).expect("restore affinity");
-            return;
-        }
-        Cases::All | Cases::Jobs => {}
-    }
-    let floor = if jobs_only() {
-        brief_floor(&mut vmm, iters, batches)
-    } else {
-        full_floor(&mut vmm, iters, batches, &daemon)
+        // No ratio is printed, so no floor is measured.
+        Cases::JobBatch => (0.0, 0.0),
+        Cases::Jobs => brief_floor(&mut vmm, iters, batches),
+        Cases::All => full_floor(&mut vmm, iters, batches, &daemon),
     };
     drop(vmm);
     drop(daemon);
@@ -672,7 +658,7 @@ fn cases() -> Cases {
     }
 }
 
-/// Whether only the echo figures the ratios need are measured.
+/// Whether the device cases other than the GPU jobs are skipped.
 fn jobs_only() -> bool {
     cases() != Cases::All
 }

@@ -479,17 +479,7 @@ impl<K: KernelMemory> Firmware<K> {
             .groups
             .get(&handle)
             .ok_or(FwError::NoSuchGroup(handle))?;
-        if g.queues.get(job.queue as usize).is_none() {
-            return Err(FwError::NoSuchQueue {
-                group: handle,
-                queue: job.queue,
-            });
-        }
-        let vm_ok = self.vms.get(g.vm).is_some_and(|e| e.vm.is_usable());
-        if g.status.is_dead() || !vm_ok {
-            return Err(FwError::GroupDead(handle));
-        }
-        Ok(())
+        check_target(g, &self.vms, handle, job.queue)
     }
 
     /// Submits a job: checks it, gives it the queue's next sequence number,
@@ -529,7 +519,7 @@ impl<K: KernelMemory> Firmware<K> {
         M: GuestMemoryBackend + ?Sized,
     {
         self.tick_clock(now);
-        // The checks of check_submit, with one lookup of each object.
+        // check_submit's checks, with the group looked up once.
         job.validate()?;
         let max_pending = self.config.max_pending_jobs;
         let id = self.next_job;
@@ -539,20 +529,16 @@ impl<K: KernelMemory> Firmware<K> {
             events,
             ..
         } = self;
-        let Some(g) = groups.get_mut(&handle) else {
-            return Err(FwError::NoSuchGroup(handle));
-        };
+        let g = groups
+            .get_mut(&handle)
+            .ok_or(FwError::NoSuchGroup(handle))?;
+        check_target(g, vms, handle, job.queue)?;
+        let vm_entry = vms.get_mut(g.vm).ok_or(FwError::GroupDead(handle))?;
         let qi = job.queue as usize;
-        let Some(q) = g.queues.get_mut(qi) else {
-            return Err(FwError::NoSuchQueue {
-                group: handle,
-                queue: job.queue,
-            });
-        };
-        let vm_entry = vms.get_mut(g.vm).filter(|e| e.vm.is_usable());
-        let Some(vm_entry) = vm_entry.filter(|_| !g.status.is_dead()) else {
-            return Err(FwError::GroupDead(handle));
-        };
+        let q = g.queues.get_mut(qi).ok_or(FwError::NoSuchQueue {
+            group: handle,
+            queue: job.queue,
+        })?;
         if job.stream_size == 0 {
             if let Some(last) = q.pending.back_mut().or(q.in_flight.back_mut()) {
                 if last.followers.len() >= max_pending {
@@ -1258,6 +1244,23 @@ impl<K: KernelMemory> Firmware<K> {
             }
         }
     }
+}
+
+/// The checks of a submit to `queue` of group `handle` (`g`) that need the
+/// firmware's state: the queue exists, and the group can still run (not
+/// timed out or faulted, its VM usable).
+fn check_target(g: &Group, vms: &Vms, handle: u32, queue: u32) -> Result<(), FwError> {
+    if g.queues.get(queue as usize).is_none() {
+        return Err(FwError::NoSuchQueue {
+            group: handle,
+            queue,
+        });
+    }
+    let vm_ok = vms.get(g.vm).is_some_and(|e| e.vm.is_usable());
+    if g.status.is_dead() || !vm_ok {
+        return Err(FwError::GroupDead(handle));
+    }
+    Ok(())
 }
 
 /// The `fatal_queues` bit of queue `qi` (group creation keeps `qi < 32`).
