@@ -59,6 +59,18 @@ impl JobQueues {
         f.outstanding += 1;
     }
 
+    /// Counts a job of `key` that goes to the firmware without being held,
+    /// if the FIFO holds nothing (else the job must queue behind it).
+    pub fn start_if_idle(&mut self, key: QueueKey) -> bool {
+        let f = self.queues.entry(key).or_default();
+        if !f.jobs.is_empty() {
+            return false;
+        }
+        f.closed = false;
+        f.outstanding += 1;
+        true
+    }
+
     /// One WAIT of job `id` was signalled; returns its queue.
     pub fn satisfy(&mut self, id: u64) -> Option<QueueKey> {
         let (key, waits) = self.waiting.get_mut(&id)?;
@@ -146,6 +158,25 @@ mod tests {
         assert_eq!(q.outstanding(k), 0);
         // A live queue keeps its entry (and buffer) for its next job.
         assert!(q.queues.contains_key(&k));
+    }
+
+    #[test]
+    fn a_job_starts_unheld_only_behind_an_empty_fifo() {
+        let mut q = JobQueues::default();
+        let k = (1, 0);
+        assert!(q.start_if_idle(k));
+        assert_eq!(q.outstanding(k), 1, "counted while in the firmware");
+        q.push(k, 2, job(2, 1));
+        assert!(!q.start_if_idle(k), "a held job is ahead");
+        assert!(q.start_if_idle((1, 1)), "another queue is not held up");
+        assert_eq!(q.satisfy(2), Some(k));
+        assert_eq!(q.pop_ready(k).map(|j| j.user_data), Some(2));
+        assert!(q.start_if_idle(k));
+        assert_eq!(q.outstanding(k), 3);
+        for _ in 0..3 {
+            q.done(k);
+        }
+        assert_eq!(q.outstanding(k), 0);
     }
 
     #[test]

@@ -172,6 +172,7 @@ impl Engine {
     ) -> io::Result<Engine>
     where
         A: GuestAddressSpace + Send + 'static,
+        A::T: Send,
         A::M: GuestMemoryBackend,
         K: KernelMemory + Send + 'static,
     {
@@ -193,6 +194,7 @@ impl Engine {
     ) -> io::Result<Engine>
     where
         A: GuestAddressSpace + Send + 'static,
+        A::T: Send,
         A::M: GuestMemoryBackend,
         K: KernelMemory + Send + 'static,
     {
@@ -208,6 +210,7 @@ impl Engine {
     ) -> io::Result<Engine>
     where
         A: GuestAddressSpace + Send + 'static,
+        A::T: Send,
         A::M: GuestMemoryBackend,
         K: KernelMemory + Send + 'static,
     {

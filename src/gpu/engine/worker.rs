@@ -104,6 +104,11 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     work: VecDeque<Released<u64>>,
     dirty_queues: BTreeSet<QueueKey>,
     dirty_vms: BTreeSet<u32>,
+    /// Jobs went straight to the firmware since its last reschedule.
+    reschedule_due: bool,
+    /// The memory snapshot and time a run of posted submits hands jobs to
+    /// the firmware with (taken at the first, dropped after the last).
+    posting: Option<(A::T, u64)>,
     stopping: bool,
     /// Torn down; the thread leaves its loop.
     pub stopped: bool,
@@ -148,6 +153,8 @@ where
             work: VecDeque::new(),
             dirty_queues: BTreeSet::new(),
             dirty_vms: BTreeSet::new(),
+            reschedule_due: false,
+            posting: None,
             stopping: false,
             stopped: false,
         }
@@ -209,10 +216,11 @@ where
             let Some(cmd) = self.inbox.pop_front() else {
                 break;
             };
-            // Posted submits only queue their jobs, so a batch of them
-            // reaches the firmware in one go; every other command sees
-            // them there.
+            // Posted submits hand their jobs over without a pump in
+            // between (the firmware reschedules once, at the next pump);
+            // every other command sees them there.
             if !matches!(cmd, Command::GroupSubmitPosted { .. }) {
+                self.posting = None;
                 self.pump();
             }
             self.handle(cmd);
@@ -220,6 +228,7 @@ where
                 return;
             }
         }
+        self.posting = None;
         self.pump();
         self.expire_waits();
         let mem = self.mem.memory();
@@ -410,8 +419,10 @@ where
         }
     }
 
-    /// Checks a GROUP_SUBMIT and queues its jobs; the next
-    /// [`Worker::pump`] hands the ready ones to the firmware.
+    /// Checks a GROUP_SUBMIT and hands its jobs on: one that waits for
+    /// nothing and has nothing of its queue held ahead of it goes to the
+    /// firmware at once, the others to their queue's FIFO, from which the
+    /// next [`Worker::pump`] hands the ready ones on.
     fn group_submit(&mut self, group: u32, jobs: Submits) -> Result<(), EngineError> {
         for j in jobs.as_slice() {
             self.fw.check_submit(group, &j.job)?;
@@ -446,17 +457,24 @@ where
                 self.waiters.insert(w, Target::Job(id));
             }
             let key = (group, j.job.queue);
-            self.jobs.push(
-                key,
-                id,
-                HeldJob {
-                    job: j.job,
-                    user_data: j.user_data,
-                    waits: c.queued.len(),
-                    signals: c.signals,
-                },
-            );
-            self.dirty_queues.insert(key);
+            let held = HeldJob {
+                job: j.job,
+                user_data: j.user_data,
+                waits: c.queued.len(),
+                signals: c.signals,
+            };
+            if held.waits == 0 && self.jobs.start_if_idle(key) {
+                let (mem, now) = match self.posting.take() {
+                    Some(p) => p,
+                    None => (self.mem.memory(), self.now()),
+                };
+                self.reschedule_due |= self.hand_to_firmware(&*mem, now, key, held);
+                self.posting = Some((mem, now));
+                self.collect_fw_events();
+            } else {
+                self.jobs.push(key, id, held);
+                self.dirty_queues.insert(key);
+            }
         }
         Ok(())
     }
@@ -554,6 +572,9 @@ where
     /// Acts on everything that became possible: released waiters, ready
     /// bind ops and jobs, firmware completions, until nothing moves.
     fn pump(&mut self) {
+        if std::mem::take(&mut self.reschedule_due) {
+            self.fw.reschedule();
+        }
         loop {
             self.collect_fw_events();
             if let Some(r) = self.work.pop_front() {
@@ -633,31 +654,38 @@ where
         let now = self.now();
         let mut submitted = false;
         while let Some(held) = self.jobs.pop_ready(key) {
-            match self.fw.submit_unscheduled(&*mem, now, key.0, &held.job) {
-                Ok(id) => {
-                    submitted = true;
-                    self.running.insert(
-                        id,
-                        Running {
-                            key,
-                            user_data: held.user_data,
-                            signals: held.signals,
-                        },
-                    );
-                }
-                Err(e) => {
-                    // The group died (or went away) while the job waited.
-                    let err = match e {
-                        FwError::GroupDead(_) | FwError::NoSuchGroup(_) => libc::ECANCELED,
-                        e => e.errno(),
-                    };
-                    self.cancel_job(key, held, err);
-                }
-            }
+            submitted |= self.hand_to_firmware(&*mem, now, key, held);
             self.collect_fw_events();
         }
         if submitted {
             self.fw.reschedule();
+        }
+    }
+
+    /// Submits a job of `key` to the firmware, unscheduled; cancels it if
+    /// the firmware refuses it. Returns whether it was submitted.
+    fn hand_to_firmware(&mut self, mem: &A::M, now: u64, key: QueueKey, held: HeldJob) -> bool {
+        match self.fw.submit_unscheduled(mem, now, key.0, &held.job) {
+            Ok(id) => {
+                self.running.insert(
+                    id,
+                    Running {
+                        key,
+                        user_data: held.user_data,
+                        signals: held.signals,
+                    },
+                );
+                true
+            }
+            Err(e) => {
+                // The group died (or went away) while the job waited.
+                let err = match e {
+                    FwError::GroupDead(_) | FwError::NoSuchGroup(_) => libc::ECANCELED,
+                    e => e.errno(),
+                };
+                self.cancel_job(key, held, err);
+                false
+            }
         }
     }
 
@@ -812,6 +840,7 @@ pub(crate) trait InlinePass: Send + Sync {
 impl<A, K> InlinePass for std::sync::Mutex<Worker<A, K>>
 where
     A: GuestAddressSpace + Send,
+    A::T: Send,
     A::M: GuestMemoryBackend,
     K: KernelMemory + Send,
 {
