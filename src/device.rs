@@ -42,6 +42,8 @@ pub const CURSOR_QUEUE: u16 = 1;
 pub const NUM_QUEUES: usize = 2;
 /// Largest queue size the device accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
+/// Chains a drain makes room for at once (more grow the buffer).
+const TYPICAL_BATCH: usize = 64;
 
 /// The virtio feature bits this device offers.
 ///
@@ -307,7 +309,7 @@ impl GpuDevice {
         // The chains available are taken together, under one lock of the
         // vring (at most the queue size of them), then handled in order;
         // chains made available meanwhile are taken on the next round.
-        let mut chains = Vec::new();
+        let mut chains = Vec::with_capacity(TYPICAL_BATCH);
         loop {
             {
                 let mut st = vring.get_mut();
