@@ -7,13 +7,11 @@
 # (the device: its vring worker, engine and display threads).
 #
 # Unlike timings, these counts do not move with other tenants of the
-# machine, so they show what a change does to the work per request. With
-# the release profile's 16 codegen units they also move with how the
-# compiler splits and inlines the crate: an unrelated change moved the
-# echo floor's own count (its back end and the driver are in this crate)
-# by 15 %. So this script builds the bench with one codegen unit, in its
-# own target folder (target/instructions): the floor then stays within a
-# few instructions from change to change. Compare a change with the
+# machine, so they show what a change does to the work per request. The
+# release profile builds the crate as one codegen unit; with the default
+# 16 the counts also moved with how the compiler split and inlined the
+# crate (an unrelated change moved the echo floor's own count, whose back
+# end and driver are in this crate, by 15 %). Compare a change with the
 # commit before it, both counted here.
 #
 # Needs valgrind (apt-get install valgrind).
@@ -21,8 +19,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
-export CARGO_TARGET_DIR=${INSTRUCTIONS_TARGET_DIR:-$PWD/target/instructions}
-export CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 CARGO_PROFILE_BENCH_CODEGEN_UNITS=1
 bin=$(cargo bench --bench transport --no-run 2>&1 |
     sed -n 's/.*Executable .*(\(.*transport-[0-9a-f]*\)).*/\1/p' | tail -1)
 [ -x "$bin" ] || { echo "cannot find the transport bench binary" >&2; exit 1; }
