@@ -1292,6 +1292,7 @@ where
         job.submit.stream_size,
     );
     write_ring(vm, mem, q.ring.va(), q.ring_size, q.insert, &words)?;
+    q.cs.seed_ring(q.insert, &words);
     job.ring_start = q.insert;
     q.insert += JOB_BYTES;
     job.ring_end = q.insert;

@@ -217,7 +217,10 @@ impl StreamState {
             std::mem::swap(&mut self.window, &mut self.spare);
         }
         self.stats.fetches += 1;
-        if let Err(fault) = self.window.fill(env, &mut self.decoded, ip, start, end) {
+        if let Err(fault) = self
+            .window
+            .fill(env, &mut self.decoded, &self.seed, ip, start, end)
+        {
             return Some(self.halt(Stop::MmuFault { fault, ip }));
         }
         if ip.wrapping_sub(self.window.start) >= self.window.bytes {
@@ -853,8 +856,7 @@ impl StreamState {
             let bytes = &buf[..4 * count];
             let (vm, mem) = env.memory();
             let r = vm.write_bytes(mem, va, bytes);
-            self.window.note_write(va, bytes.len() as u64);
-            self.spare.note_write(va, bytes.len() as u64);
+            self.note_write(va, bytes.len() as u64);
             if let Err(f) = r {
                 return self.fault_flow(f, ip);
             }
@@ -914,8 +916,7 @@ impl StreamState {
         // The 64-bit value this write left (what the firmware compares
         // with a queue's sequence number).
         let written = kind.is_64().then_some(left);
-        self.window.note_write(addr, size + 4);
-        self.spare.note_write(addr, size + 4);
+        self.note_write(addr, size + 4);
         self.stats.sync_writes += 1;
         env.on_sync_write(addr, written.map(|v| (v, status)));
         Ok(())
@@ -994,8 +995,7 @@ impl StreamState {
         };
         let (vm, mem) = env.memory();
         let r = vm.write_u64(mem, addr, value);
-        self.window.note_write(addr, 8);
-        self.spare.note_write(addr, 8);
+        self.note_write(addr, 8);
         r
     }
 

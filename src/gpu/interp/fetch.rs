@@ -25,6 +25,17 @@
 //! same memory are not noticed). A guest CPU write to a buffer the stream
 //! is executing becomes visible at the next fill of that range, at the
 //! latest at the next slice.
+//!
+//! Ring seed: the host writes each job's ring words itself, so it hands
+//! them to the stream as well ([`super::StreamState::seed_ring`]), and a
+//! fill inside that range copies them pre-decoded instead of reading and
+//! decoding memory. This is the CS having fetched the words as the host
+//! wrote them: a later write to ring memory by the guest CPU (which must
+//! not write kernel memory) or by another stream is not seen for seeded
+//! words; the stream's own writes over them drop the seed, as they drop
+//! the windows. The seed holds one contiguous run of a ring lap, at most
+//! [`SEED_WORDS`]; words the host writes elsewhere, or past a full seed
+//! whose words have not all run, are fetched from memory as before.
 
 use crate::gpu::cs::{decode, Cond, Instr};
 use crate::gpu::mmu::{Fault, PAGE_SIZE};
@@ -174,10 +185,15 @@ impl Window {
         &mut self,
         env: &mut E,
         cache: &mut DecodeCache,
+        seed: &Seed,
         ip: u64,
         start: u64,
         end: u64,
     ) -> Result<(), Fault> {
+        if seed.covers(ip) {
+            self.copy_seed(seed, ip, end);
+            return Ok(());
+        }
         let page = ip & !(PAGE_SIZE - 1);
         let lo = ip.max(start);
         let hi = page
@@ -209,6 +225,139 @@ impl Window {
         self.start = lo;
         self.bytes = len as u64 & !7;
         Ok(())
+    }
+
+    /// Fills the window at `ip` (inside `seed`) from the seed, up to the
+    /// buffer's end `end`.
+    fn copy_seed(&mut self, seed: &Seed, ip: u64, end: u64) {
+        let first = ((ip - seed.va) / 8) as usize;
+        let room = (end.saturating_sub(ip) / 8).min(FILL_WORDS as u64) as usize;
+        let n = (seed.len - first).min(room);
+        self.ops[..n].copy_from_slice(&seed.ops[first..first + n]);
+        self.instrs[..n].copy_from_slice(&seed.instrs[first..first + n]);
+        self.start = ip;
+        self.bytes = n as u64 * 8;
+    }
+}
+
+impl Seed {
+    /// Whether `ip` is a seeded word.
+    #[inline]
+    fn covers(&self, ip: u64) -> bool {
+        ip.wrapping_sub(self.va) < self.bytes() && ip % 8 == 0
+    }
+}
+
+/// Words a ring seed holds at most: 64 jobs of 16 words.
+pub(super) const SEED_WORDS: usize = 1024;
+
+/// Ring words the host wrote, pre-decoded: one contiguous run of ring
+/// counters `[from, from + 8 * len)` at GPU VAs `[va, va + 8 * len)`, not
+/// crossing the end of the ring. See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Seed {
+    /// Ring counter of the first word.
+    from: u64,
+    /// GPU VA of the first word.
+    va: u64,
+    /// Seeded words (the first `len` of `ops` and `instrs`).
+    len: usize,
+    /// [`SEED_WORDS`] each once the first job is seeded.
+    ops: Box<[Op]>,
+    instrs: Box<[Instr]>,
+    /// The words of the last [`Seed::push`] and their decoded forms: a
+    /// queue's jobs repeat most wrapper words at the same place, so a push
+    /// copies these and decodes only the words that differ.
+    last_words: Vec<u64>,
+    last_ops: Vec<Op>,
+    last_instrs: Vec<Instr>,
+}
+
+impl Seed {
+    fn bytes(&self) -> u64 {
+        self.len as u64 * 8
+    }
+
+    /// Drops the seeded words.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Drops the seed if `[va, va + len)` overlaps it.
+    #[inline]
+    pub fn note_write(&mut self, va: u64, len: u64) {
+        if self.len != 0 && va < self.va + self.bytes() && va.saturating_add(len) > self.va {
+            self.clear();
+        }
+    }
+
+    /// Adds `words`, written by the host at ring counter `at` (GPU VA
+    /// `va`), of a ring ending at `ring_end`; `extract` is the stream's
+    /// extract counter. Words right after the seed extend it, while it has
+    /// room. Otherwise they start a new seed, unless words of the seed are
+    /// still to run and these do not overwrite them: then the seed is
+    /// kept and these words are not seeded.
+    pub fn push(
+        &mut self,
+        cache: &mut DecodeCache,
+        at: u64,
+        va: u64,
+        ring_end: u64,
+        extract: u64,
+        words: &[u64],
+    ) {
+        let end = self.from + self.bytes();
+        let follows = self.len != 0 && at == end && va == self.va + self.bytes();
+        if !follows || self.len + words.len() > SEED_WORDS {
+            let bytes = words.len() as u64 * 8;
+            let overlaps = va < self.va + self.bytes() && va.saturating_add(bytes) > self.va;
+            if self.len != 0 && extract < end && !overlaps {
+                // Seeded words still to run: keep them, and fetch these
+                // from memory.
+                return;
+            }
+            self.len = 0;
+            self.from = at;
+            self.va = va;
+        }
+        let fits = (va as u128) + (words.len() as u128) * 8 <= u128::from(ring_end);
+        if !fits || words.len() > SEED_WORDS {
+            // Across the end of the ring: fetched from memory.
+            return;
+        }
+        if self.ops.is_empty() {
+            let nop = *cache.get(0);
+            self.ops = vec![nop.op; SEED_WORDS].into_boxed_slice();
+            self.instrs = vec![nop.instr; SEED_WORDS].into_boxed_slice();
+        }
+        if self.last_words.len() != words.len() {
+            self.last_words.clear();
+            self.last_ops.clear();
+            self.last_instrs.clear();
+            for &w in words {
+                let d = cache.get(w);
+                self.last_words.push(w);
+                self.last_ops.push(d.op);
+                self.last_instrs.push(d.instr);
+            }
+        } else if self.last_words.as_slice() != words {
+            let last = self
+                .last_words
+                .iter_mut()
+                .zip(self.last_ops.iter_mut().zip(self.last_instrs.iter_mut()));
+            for ((lw, (op, instr)), &w) in last.zip(words) {
+                if *lw != w {
+                    let d = cache.get(w);
+                    *lw = w;
+                    *op = d.op;
+                    *instr = d.instr;
+                }
+            }
+        }
+        let range = self.len..self.len + words.len();
+        self.ops[range.clone()].copy_from_slice(&self.last_ops);
+        self.instrs[range].copy_from_slice(&self.last_instrs);
+        self.len += words.len();
     }
 }
 

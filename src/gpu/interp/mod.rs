@@ -67,6 +67,8 @@
 //! - **Fetch.** See [`fetch`]: instructions are read per page of the
 //!   current buffer through the MMU as data reads, pre-decoded, and re-read
 //!   every slice, at page crossings and after the stream writes over them.
+//!   Ring words the host hands over with [`StreamState::seed_ring`] as it
+//!   writes them are run from that pre-decoded copy instead.
 //! - **Jobs.** RUN_* validate what their staging registers point at and
 //!   fault as the hardware's descriptor fetch would; shader code is never
 //!   executed and nothing is rendered. See [`jobs`].

@@ -5,7 +5,7 @@
 
 use crate::gpu::cs::{CsState, REG_COUNT_V10, SCOREBOARD_SLOTS_V10};
 
-use super::fetch::{DecodeCache, Window};
+use super::fetch::{DecodeCache, Seed, Window};
 use super::stop::{ConfigError, Stop};
 
 /// The largest register file an encoding can address (8-bit register
@@ -278,6 +278,8 @@ pub struct StreamState {
     pub(super) spare: Window,
     /// Recently decoded words, for both windows' fills.
     pub(super) decoded: DecodeCache,
+    /// Ring words the host wrote, pre-decoded ([`StreamState::seed_ring`]).
+    pub(super) seed: Seed,
 
     /// Per slot: the modelled time its last pending operation completes.
     pub(super) sb_busy_until: [u64; MAX_SCOREBOARDS],
@@ -330,6 +332,7 @@ impl StreamState {
             window: Window::new(),
             spare: Window::new(),
             decoded: DecodeCache::new(limits.reg_count, limits.scoreboards),
+            seed: Seed::default(),
             sb_busy_until: [0; MAX_SCOREBOARDS],
             sb_pending: 0,
             sb_endpoint: 0,
@@ -366,6 +369,7 @@ impl StreamState {
         self.depth = 0;
         self.halted = None;
         self.drop_windows();
+        self.seed.clear();
     }
 
     /// Runs a ring buffer, as CS_START with RINGBUF_BASE / RINGBUF_SIZE and
@@ -457,6 +461,29 @@ impl StreamState {
         // The host wrote the ring: drop what was fetched.
         self.drop_windows();
         Ok(())
+    }
+
+    /// The host wrote `words` into the ring at counter `at` (before moving
+    /// the insert counter over them): the stream keeps them pre-decoded
+    /// and fetches them from here instead of memory (see [`super::fetch`]
+    /// for what that means for later writes to ring memory). Nothing
+    /// happens for a stream that is not running a ring.
+    pub fn seed_ring(&mut self, at: u64, words: &[u64]) {
+        let Root::Ring { base, size, .. } = self.root else {
+            return;
+        };
+        let extract = self.extract();
+        let va = base + (at & (size - 1));
+        self.seed
+            .push(&mut self.decoded, at, va, base + size, extract, words);
+    }
+
+    /// The stream wrote `[va, va + len)`: drops whatever was fetched or
+    /// seeded from there.
+    pub(super) fn note_write(&mut self, va: u64, len: u64) {
+        self.window.note_write(va, len);
+        self.spare.note_write(va, len);
+        self.seed.note_write(va, len);
     }
 
     /// End of the current ring segment: the insert point or the end of the

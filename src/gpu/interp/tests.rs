@@ -1648,7 +1648,7 @@ impl Queue {
             .map_kernel_auto(
                 &env.bo.clone(),
                 6 * MIB,
-                0x1000,
+                size.max(0x1000),
                 MapFlags::NOEXEC | MapFlags::UNCACHED,
             )
             .unwrap();
@@ -1667,6 +1667,15 @@ impl Queue {
             env.put(self.ring + pos, &[w]);
             self.insert += 8;
         }
+    }
+
+    /// Copies the kernel wrapper of a job calling `size` bytes at `stream`
+    /// into the ring, and hands its words to the stream too, as the
+    /// firmware does.
+    fn push_seeded(&mut self, env: &mut TestEnv, s: &mut StreamState, stream: u64, size: u32) {
+        let job = kernel_job(0, stream, size, self.syncobj);
+        s.seed_ring(self.insert, &job);
+        self.push(env, &job);
     }
 }
 
@@ -1827,6 +1836,105 @@ fn ring_wraps_around_its_end() {
     assert!(slices > 3);
     assert_eq!(env.r64(q.syncobj), 7);
     assert_eq!(s.extract(), q.insert);
+}
+
+/// A started ring of `size` bytes and a user stream at DATA + 0x8000 that
+/// adds 1 to r20 (its size returned).
+fn counting_ring(size: u64) -> (TestEnv, Queue, StreamState, u32) {
+    let mut env = TestEnv::new();
+    let q = Queue::new(&mut env, size);
+    let mut s = stream(TimingModel::ZERO);
+    s.start_ring(q.ring, q.size, 0, 0).unwrap();
+    let job = user_stream(&mut env, DATA + 0x8000, |b| {
+        b.add_imm32(20, 20, 1);
+    });
+    (env, q, s, job)
+}
+
+#[test]
+fn seeded_ring_words_run_as_the_host_wrote_them() {
+    let (mut env, mut q, mut s, job) = counting_ring(0x1000);
+    let start = q.insert;
+    for _ in 0..8 {
+        q.push_seeded(&mut env, &mut s, DATA + 0x8000, job);
+    }
+    // A write to ring memory after the host wrote the jobs (the guest must
+    // not write kernel memory): the stream runs the words it was handed.
+    for at in (start..q.insert).step_by(8) {
+        env.put(q.ring + at, &[u64::MAX]);
+    }
+    s.set_insert(q.insert).unwrap();
+    assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    assert_eq!((s.reg(20), env.r64(q.syncobj)), (8, 8));
+
+    // Words the stream itself writes over are fetched from memory: the
+    // first job's user stream turns the second job's first padding NOP
+    // into an add to r21.
+    let add = Instr::AddImm32 {
+        dst: 21,
+        src: 21,
+        imm: 1,
+    }
+    .encode();
+    let first = q.insert;
+    let target = q.ring + ((first + 128 + 11 * 8) & (q.size - 1));
+    let patcher = user_stream(&mut env, DATA + 0x8800, |b| {
+        b.move48(10, target);
+        b.move32(12, add as u32);
+        b.move32(13, (add >> 32) as u32);
+        b.store_multiple(12, 0b11, 10, 0);
+    });
+    q.push_seeded(&mut env, &mut s, DATA + 0x8800, patcher);
+    q.push_seeded(&mut env, &mut s, DATA + 0x8000, job);
+    s.set_insert(q.insert).unwrap();
+    assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    assert_eq!((s.reg(20), s.reg(21), env.r64(q.syncobj)), (9, 1, 10));
+}
+
+#[test]
+fn a_full_seed_is_kept_until_its_words_have_run() {
+    // 70 jobs of 16 words: the seed holds the first 64; the rest are
+    // fetched from memory, and all run in order.
+    let (mut env, mut q, mut s, job) = counting_ring(0x4000);
+    for _ in 0..70 {
+        q.push_seeded(&mut env, &mut s, DATA + 0x8000, job);
+    }
+    // Garbage over the memory of the 64 seeded jobs: they run as seeded.
+    for at in (0..64 * 128).step_by(8) {
+        env.put(q.ring + at, &[u64::MAX]);
+    }
+    s.set_insert(q.insert).unwrap();
+    assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    assert_eq!((s.reg(20), env.r64(q.syncobj)), (70, 70));
+    // A second lap: the jobs that ran make room, and the ring wraps.
+    for _ in 0..90 {
+        q.push_seeded(&mut env, &mut s, DATA + 0x8000, job);
+        s.set_insert(q.insert).unwrap();
+        assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    }
+    assert_eq!((s.reg(20), env.r64(q.syncobj)), (160, 160));
+    assert_eq!(s.extract(), 160 * 128);
+}
+
+#[test]
+fn a_job_written_over_seeded_words_that_ran_drops_the_seed() {
+    // A full lap of seeded jobs, half of them run; the next job wraps onto
+    // the memory of the first, which ran: it must run as written now, not
+    // as seeded then.
+    let (mut env, mut q, mut s, a) = counting_ring(0x1000);
+    let b = user_stream(&mut env, DATA + 0x8800, |b| {
+        b.add_imm32(22, 22, 1);
+    });
+    for _ in 0..32 {
+        q.push_seeded(&mut env, &mut s, DATA + 0x8000, a);
+    }
+    s.set_insert(q.insert).unwrap();
+    assert_eq!(s.run(&mut env, 300), Stop::Preempted);
+    assert!(s.extract() >= 128 && s.extract() < 32 * 128);
+    q.push_seeded(&mut env, &mut s, DATA + 0x8800, b);
+    s.set_insert(q.insert).unwrap();
+    assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    assert_eq!((s.reg(20), s.reg(22), env.r64(q.syncobj)), (32, 1, 33));
 }
 
 #[test]
