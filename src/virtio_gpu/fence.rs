@@ -104,7 +104,11 @@ impl FenceRings {
             done,
         });
         self.pending += 1;
-        self.drain_ready(timeline, slot, out);
+        // A ring's front entry is never done between calls (whatever
+        // makes it done drains it), so only a done entry can free any.
+        if done {
+            self.drain_ready(timeline, slot, out);
+        }
     }
 
     /// Marks the work of the oldest not-yet-done entry with `fence_id` on
