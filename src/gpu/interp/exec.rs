@@ -126,8 +126,11 @@ impl StreamState {
     #[inline(always)]
     fn run_registers(&mut self, left: &mut u64) -> Exit {
         let (start, end) = (self.start, self.end);
-        let (win_start, win_bytes) = (self.window.start, self.window.bytes);
-        let ops = &self.window.ops;
+        let win_start = self.window.start;
+        // The window's words: an instruction pointer outside them (below
+        // the start, the offset wraps) finds no entry and refills.
+        let words = (self.window.bytes / 8) as usize;
+        let ops = &self.window.ops[..words.min(self.window.ops.len())];
         let regs = &mut self.regs;
         let mut ip = self.ip;
         let mut n = *left;
@@ -135,17 +138,13 @@ impl StreamState {
             if ip == end {
                 break Exit::BufferEnd;
             }
-            let off = ip.wrapping_sub(win_start);
-            if off >= win_bytes {
-                break Exit::Refill;
-            }
-            if n == 0 {
-                break Exit::Budget;
-            }
-            let idx = (off >> 3) as usize;
+            let idx = usize::try_from(ip.wrapping_sub(win_start) >> 3).unwrap_or(usize::MAX);
             let Some(op) = ops.get(idx) else {
                 break Exit::Refill;
             };
+            if n == 0 {
+                break Exit::Budget;
+            }
             let next = ip + 8;
             let taken = match op.kind {
                 Kind::AddImm32 => {
