@@ -248,7 +248,8 @@ impl Seed {
     }
 }
 
-/// Words a ring seed holds at most: 64 jobs of 16 words.
+/// Words a ring seed holds at most: 64 jobs of 16 words (a smaller ring's
+/// seed holds the ring).
 pub(super) const SEED_WORDS: usize = 1024;
 
 /// Ring words the host wrote, pre-decoded: one contiguous run of ring
@@ -262,7 +263,8 @@ pub(super) struct Seed {
     va: u64,
     /// Seeded words (the first `len` of `ops` and `instrs`).
     len: usize,
-    /// [`SEED_WORDS`] each once the first job is seeded.
+    /// Room for a ring's words, up to [`SEED_WORDS`], given at the first
+    /// job ([`Seed::allocate`]).
     ops: Box<[Op]>,
     instrs: Box<[Instr]>,
     /// The words of the last [`Seed::push`] and their decoded forms: a
@@ -276,6 +278,23 @@ pub(super) struct Seed {
 impl Seed {
     fn bytes(&self) -> u64 {
         self.len as u64 * 8
+    }
+
+    /// Gives the seed room for `words` words (its first use), at most
+    /// [`SEED_WORDS`].
+    pub fn allocate(&mut self, words: usize, cache: &mut DecodeCache) {
+        let n = words.min(SEED_WORDS);
+        if self.ops.len() != n {
+            let nop = *cache.get(0);
+            self.ops = vec![nop.op; n].into_boxed_slice();
+            self.instrs = vec![nop.instr; n].into_boxed_slice();
+            self.len = 0;
+        }
+    }
+
+    /// Whether [`Seed::allocate`] is still to be called.
+    pub fn is_unallocated(&self) -> bool {
+        self.ops.is_empty()
     }
 
     /// Drops the seeded words.
@@ -308,7 +327,7 @@ impl Seed {
     ) {
         let end = self.from + self.bytes();
         let follows = self.len != 0 && at == end && va == self.va + self.bytes();
-        if !follows || self.len + words.len() > SEED_WORDS {
+        if !follows || self.len + words.len() > self.ops.len() {
             let bytes = words.len() as u64 * 8;
             let overlaps = va < self.va + self.bytes() && va.saturating_add(bytes) > self.va;
             if self.len != 0 && extract < end && !overlaps {
@@ -321,14 +340,10 @@ impl Seed {
             self.va = va;
         }
         let fits = (va as u128) + (words.len() as u128) * 8 <= u128::from(ring_end);
-        if !fits || words.len() > SEED_WORDS {
-            // Across the end of the ring: fetched from memory.
+        if !fits || words.len() > self.ops.len() {
+            // Across the end of the ring (or more than the seed holds):
+            // fetched from memory.
             return;
-        }
-        if self.ops.is_empty() {
-            let nop = *cache.get(0);
-            self.ops = vec![nop.op; SEED_WORDS].into_boxed_slice();
-            self.instrs = vec![nop.instr; SEED_WORDS].into_boxed_slice();
         }
         if self.last_words.len() != words.len() {
             self.last_words.clear();
