@@ -23,15 +23,16 @@ pub(crate) fn check_batch<'a, W>(
     batch: impl Iterator<Item = &'a [SyncOp]>,
 ) -> Result<(), EngineError> {
     // Points signalled by earlier entries: handle -> highest point (binary
-    // objects record 0).
-    let mut signalled: HashMap<u32, u64> = HashMap::new();
+    // objects record 0). Made at the first signal: most batches have none.
+    let mut signalled: Option<HashMap<u32, u64>> = None;
     let mut waits = 0usize;
     let mut signals = 0usize;
     for ops in batch {
         for op in ops.iter().filter(|o| !o.signal) {
             waits += 1;
             let earlier = signalled
-                .get(&op.handle)
+                .as_ref()
+                .and_then(|m| m.get(&op.handle))
                 .is_some_and(|&head| op.point <= head);
             if !earlier {
                 table.check_wait(op.handle, op.point, WaitFlags::NONE)?;
@@ -40,6 +41,7 @@ pub(crate) fn check_batch<'a, W>(
         for op in ops.iter().filter(|o| o.signal) {
             signals += 1;
             table.check_signal(op.handle, op.point)?;
+            let signalled = signalled.get_or_insert_with(HashMap::new);
             if let Some(&head) = signalled.get(&op.handle) {
                 if table.kind(op.handle)? == SyncKind::Timeline && op.point <= head {
                     return Err(SyncError::PointNotIncreasing {
@@ -82,6 +84,13 @@ pub(crate) struct Committed {
 /// batch; an op the table refuses anyway is skipped.
 pub(crate) fn commit(table: &mut SyncTable<u64>, ops: &[SyncOp], next_id: &mut u64) -> Committed {
     let mut queued = Vec::new();
+    if ops.is_empty() {
+        // Most jobs: nothing to wait for or signal.
+        return Committed {
+            queued,
+            signals: Vec::new(),
+        };
+    }
     for op in ops.iter().filter(|o| !o.signal) {
         let id = *next_id;
         *next_id += 1;

@@ -175,7 +175,19 @@ impl StreamState {
                     regs[usize::from(op.a)] = regs[usize::from(op.b)].min(regs[usize::from(op.c)]);
                     false
                 }
-                Kind::Nop => false,
+                Kind::Nop => {
+                    // The run of NOPs from here, inside the window, the
+                    // buffer and the budget (each counts as one).
+                    let left_in_window = (ops.len() - idx) as u64;
+                    let k = u64::from(op.imm)
+                        .min(left_in_window)
+                        .min(n)
+                        .min(end.saturating_sub(ip) / 8)
+                        .max(1);
+                    n -= k;
+                    ip += 8 * k;
+                    continue;
+                }
                 Kind::Other => break Exit::Other(idx),
                 Kind::Bad => {
                     n -= 1;

@@ -90,7 +90,10 @@ pub(super) struct Op {
     pub b: u8,
     /// Second source register.
     pub c: u8,
-    /// 32-bit immediate; for a branch, the offset in bytes (as `i32`).
+    /// 32-bit immediate; for a branch, the offset in bytes (as `i32`);
+    /// for a NOP, how many NOPs run from it on (itself included) among the
+    /// words decoded with it ([`mark_nop_runs`]), so the loop passes them
+    /// in one step.
     pub imm: u32,
     /// MOVE48 immediate, sign-extended ADD_IMMEDIATE64 immediate, or the
     /// raw word of a [`Kind::Bad`].
@@ -112,7 +115,7 @@ impl Op {
     /// The flat form of a valid instruction.
     fn from_instr(i: &Instr) -> Self {
         match *i {
-            Instr::Nop { .. } => Self::new(Kind::Nop, 0, 0, 0, 0, 0),
+            Instr::Nop { .. } => Self::new(Kind::Nop, 0, 0, 0, 1, 0),
             Instr::Move32 { dst, imm } => Self::new(Kind::Move32, dst, 0, 0, imm, 0),
             Instr::Move48 { dst, imm } => Self::new(Kind::Move48, dst, 0, 0, 0, imm),
             Instr::AddImm32 { dst, src, imm } => {
@@ -222,8 +225,10 @@ impl Window {
             *op = e.op;
             *instr = e.instr;
         }
+        let words = len / 8;
+        mark_nop_runs(&mut self.ops[..words]);
         self.start = lo;
-        self.bytes = len as u64 & !7;
+        self.bytes = words as u64 * 8;
         Ok(())
     }
 
@@ -355,6 +360,7 @@ impl Seed {
                 self.last_ops.push(d.op);
                 self.last_instrs.push(d.instr);
             }
+            mark_nop_runs(&mut self.last_ops);
         } else if self.last_words.as_slice() != words {
             let last = self
                 .last_words
@@ -368,11 +374,28 @@ impl Seed {
                     *instr = d.instr;
                 }
             }
+            mark_nop_runs(&mut self.last_ops);
         }
         let range = self.len..self.len + words.len();
         self.ops[range.clone()].copy_from_slice(&self.last_ops);
         self.instrs[range].copy_from_slice(&self.last_instrs);
         self.len += words.len();
+    }
+}
+
+/// Sets each NOP's `imm` to the number of NOPs from it to the next other
+/// word (or the end of `ops`), so that a run of NOPs executes in one step.
+/// A run counted here may go on in the words after `ops`; the loop only
+/// ever passes the part inside its window.
+fn mark_nop_runs(ops: &mut [Op]) {
+    let mut run = 0u32;
+    for op in ops.iter_mut().rev() {
+        if op.kind == Kind::Nop {
+            run += 1;
+            op.imm = run;
+        } else {
+            run = 0;
+        }
     }
 }
 

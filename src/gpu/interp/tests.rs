@@ -726,6 +726,40 @@ fn endless_loop_is_preempted_with_state_intact() {
 }
 
 #[test]
+fn nop_runs_count_one_instruction_each() {
+    // 100 NOPs from 64 bytes before a page end (the first fill stops at
+    // the page, the run goes on in the next fill), an add, 10 more NOPs
+    // to the end of the buffer.
+    let mut env = TestEnv::new();
+    let start = DATA + 0x1000 - 64;
+    let code = words(|b| {
+        for _ in 0..100 {
+            b.nop();
+        }
+        b.add_imm32(1, 1, 1);
+        for _ in 0..10 {
+            b.nop();
+        }
+    });
+    let mut s = load(&mut env, start, &code, TimingModel::ZERO);
+    // Budgets that stop inside a run: before the page end, on it, after.
+    let mut done = 0u64;
+    for budget in [3u64, 5, 30, 61] {
+        assert_eq!(s.run(&mut env, budget), Stop::Preempted);
+        done += budget;
+        assert_eq!(s.stats().instructions, done);
+        assert_eq!(s.ip(), start + 8 * done);
+        assert_eq!(s.reg(1), 0);
+    }
+    // 99 run: one more NOP, the add, then the last run to the end.
+    assert_eq!(s.run(&mut env, 2), Stop::Preempted);
+    assert_eq!((s.ip(), s.reg(1)), (start + 8 * 101, 1));
+    assert_eq!(s.run(&mut env, BIG), Stop::Done);
+    assert_eq!(s.stats().instructions, 111);
+    assert_eq!(s.reg(1), 1);
+}
+
+#[test]
 fn done_is_repeatable_and_empty_streams_end_at_once() {
     let mut env = TestEnv::new();
     let mut s = stream(TimingModel::ZERO);
