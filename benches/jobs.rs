@@ -134,6 +134,7 @@ fn setup() -> Bench {
             stream_addr: CODE,
             stream_size: code.len() as u32,
             latest_flush: 0,
+            tag: 0,
         },
     }
 }

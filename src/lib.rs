@@ -26,6 +26,7 @@ pub mod guest_bytes;
 pub mod idmap;
 pub mod log_limit;
 pub mod native;
+pub mod slab;
 pub mod testvmm;
 pub mod uapi;
 pub mod virtio_gpu;

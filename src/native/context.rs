@@ -1720,5 +1720,6 @@ fn job_of(s: &u::QueueSubmit) -> JobSubmit {
         stream_addr: s.stream_addr,
         stream_size: s.stream_size,
         latest_flush: s.latest_flush,
+        tag: 0,
     }
 }

@@ -184,6 +184,7 @@ impl H {
             stream_addr: at,
             stream_size: bytes.len() as u32,
             latest_flush: 0,
+            tag: 0,
         }
     }
 

@@ -27,10 +27,11 @@ use super::deps::{check_batch, commit};
 use super::event::EngineEvent;
 use super::jobs::{HeldJob, JobQueues, QueueKey};
 use super::EngineConfig;
-use crate::gpu::firmware::{Firmware, FwError, FwEvent, JobId, KernelMemory, MAX_QUEUES};
+use crate::gpu::firmware::{Firmware, FwError, FwEvent, KernelMemory, MAX_QUEUES};
 use crate::gpu::mmu::{BindOp, GpuVm};
 use crate::gpu::sync::{FenceResult, Released, SignalToken, SyncTable, WaitOutcome};
 use crate::idmap::IdMap;
+use crate::slab::Slab;
 
 /// Instructions per slice of a pass run inline (`InlinePass`): plenty
 /// for a job's ring wrapper and a short stream, little enough that a
@@ -96,7 +97,7 @@ pub(crate) struct Worker<A: GuestAddressSpace, K: KernelMemory> {
     /// Deadlines of host waits: (engine time in ns, waiter id).
     deadlines: BTreeSet<(u64, u64)>,
     jobs: JobQueues,
-    running: IdMap<JobId, Running>,
+    running: Slab<Running>,
     /// The firmware's events being handled, kept for the next call.
     fw_events: Vec<FwEvent>,
     binds: BindQueues,
@@ -147,7 +148,7 @@ where
             waiters: IdMap::default(),
             deadlines: BTreeSet::new(),
             jobs: JobQueues::default(),
-            running: IdMap::default(),
+            running: Slab::default(),
             fw_events: Vec::new(),
             binds: BindQueues::default(),
             work: VecDeque::new(),
@@ -665,40 +666,56 @@ where
     /// Submits a job of `key` to the firmware, unscheduled; cancels it if
     /// the firmware refuses it. Returns whether it was submitted.
     fn hand_to_firmware(&mut self, mem: &A::M, now: u64, key: QueueKey, held: HeldJob) -> bool {
-        match self.fw.submit_unscheduled(mem, now, key.0, &held.job) {
-            Ok(id) => {
-                self.running.insert(
-                    id,
-                    Running {
-                        key,
-                        user_data: held.user_data,
-                        signals: held.signals,
-                    },
-                );
-                true
-            }
+        let HeldJob {
+            mut job,
+            user_data,
+            signals,
+            ..
+        } = held;
+        // The record's key goes with the job and comes back in its JobDone.
+        let tag = self.running.insert(Running {
+            key,
+            user_data,
+            signals,
+        });
+        job.tag = tag as u64;
+        match self.fw.submit_unscheduled(mem, now, key.0, &job) {
+            Ok(_) => true,
             Err(e) => {
                 // The group died (or went away) while the job waited.
                 let err = match e {
                     FwError::GroupDead(_) | FwError::NoSuchGroup(_) => libc::ECANCELED,
                     e => e.errno(),
                 };
-                self.cancel_job(key, held, err);
+                if let Some(r) = self.running.remove(tag) {
+                    self.end_job(r, 0, Err(err));
+                }
                 false
             }
         }
     }
 
-    fn cancel_job(&mut self, key: QueueKey, held: HeldJob, err: i32) {
-        self.complete(held.signals, Err(err));
-        self.jobs.done(key);
+    /// A job the engine gave the firmware ended: its signals, its queue's
+    /// count, its event.
+    fn end_job(&mut self, r: Running, seqno: u64, result: FenceResult) {
+        self.complete(r.signals, result);
+        self.jobs.done(r.key);
         self.emit(EngineEvent::JobDone {
-            user_data: held.user_data,
-            group: key.0,
-            queue: key.1,
-            seqno: 0,
-            result: Err(err),
+            user_data: r.user_data,
+            group: r.key.0,
+            queue: r.key.1,
+            seqno,
+            result,
         });
+    }
+
+    fn cancel_job(&mut self, key: QueueKey, held: HeldJob, err: i32) {
+        let r = Running {
+            key,
+            user_data: held.user_data,
+            signals: held.signals,
+        };
+        self.end_job(r, 0, Err(err));
     }
 
     fn cancel_held(&mut self, group: Option<u32>) {
@@ -717,22 +734,13 @@ where
         for event in events.drain(..) {
             match event {
                 FwEvent::JobDone {
-                    job,
-                    group,
-                    queue,
-                    seqno,
-                    result,
+                    tag, seqno, result, ..
                 } => {
-                    if let Some(r) = self.running.remove(&job) {
-                        self.complete(r.signals, result);
-                        self.jobs.done(r.key);
-                        self.emit(EngineEvent::JobDone {
-                            user_data: r.user_data,
-                            group,
-                            queue,
-                            seqno,
-                            result,
-                        });
+                    let r = usize::try_from(tag)
+                        .ok()
+                        .and_then(|t| self.running.remove(t));
+                    if let Some(r) = r {
+                        self.end_job(r, seqno, result);
                     }
                 }
                 FwEvent::GroupStateChanged { group, .. } => {

@@ -63,6 +63,8 @@ pub enum FwEvent {
     JobDone {
         /// The job.
         job: JobId,
+        /// Its [`JobSubmit::tag`](super::JobSubmit).
+        tag: u64,
         /// Its group.
         group: u32,
         /// Its queue index.

@@ -86,14 +86,16 @@ fn finish_job(events: &mut Vec<FwEvent>, group: u32, queue: usize, job: Job, res
     let queue = queue as u32;
     events.push(FwEvent::JobDone {
         job: job.id,
+        tag: job.submit.tag,
         group,
         queue,
         seqno: job.seqno,
         result,
     });
-    for id in job.followers {
+    for (id, tag) in job.followers {
         events.push(FwEvent::JobDone {
             job: id,
+            tag,
             group,
             queue,
             seqno: job.seqno,
@@ -544,11 +546,12 @@ impl<K: KernelMemory> Firmware<K> {
                 if last.followers.len() >= max_pending {
                     return Err(FwError::QueueFull);
                 }
-                last.followers.push(id);
+                last.followers.push((id, job.tag));
             } else {
                 let (seqno, result) = q.last_done;
                 events.push(FwEvent::JobDone {
                     job: id,
+                    tag: job.tag,
                     group: handle,
                     queue: job.queue,
                     seqno,

@@ -139,6 +139,9 @@ pub struct JobSubmit {
     pub stream_size: u32,
     /// The LATEST_FLUSH_ID the client sampled (bits 30:24 zero).
     pub latest_flush: u32,
+    /// The submitter's own value: the firmware does not look at it and
+    /// returns it in the job's [`FwEvent::JobDone`](super::FwEvent).
+    pub tag: u64,
 }
 
 impl JobSubmit {
@@ -168,8 +171,9 @@ pub(crate) struct Job {
     pub ring_end: u64,
     /// A CS fault hit the job.
     pub faulted: bool,
-    /// Empty jobs submitted after it, which complete with it.
-    pub followers: Vec<JobId>,
+    /// Empty jobs submitted after it, which complete with it (with their
+    /// tags).
+    pub followers: Vec<(JobId, u64)>,
 }
 
 /// Whether and when a queue's command stream should run.

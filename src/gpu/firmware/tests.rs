@@ -36,6 +36,9 @@ struct T {
     bo: Arc<Bo>,
     now: u64,
     done: HashMap<JobId, (u64, FenceResult)>,
+    /// The tag each job was submitted with (every completion must carry
+    /// its job's).
+    tags: HashMap<JobId, u64>,
     events: Vec<FwEvent>,
     /// Next free byte of the code area.
     code_top: u64,
@@ -75,6 +78,7 @@ impl T {
             bo,
             now: 1_000,
             done: HashMap::new(),
+            tags: HashMap::new(),
             events: Vec::new(),
             code_top: CODE,
         }
@@ -151,6 +155,7 @@ impl T {
     }
 
     fn try_submit(&mut self, group: u32, queue: u32, stream: (u64, u32)) -> Result<JobId, FwError> {
+        let tag = 1000 + self.tags.len() as u64;
         let r = self.fw.submit(
             &self.mem,
             self.now,
@@ -160,8 +165,12 @@ impl T {
                 stream_addr: stream.0,
                 stream_size: stream.1,
                 latest_flush: 0,
+                tag,
             },
         );
+        if let Ok(id) = r {
+            self.tags.insert(id, tag);
+        }
         self.collect();
         r
     }
@@ -169,9 +178,14 @@ impl T {
     fn collect(&mut self) {
         for e in self.fw.take_events() {
             if let FwEvent::JobDone {
-                job, seqno, result, ..
+                job,
+                tag,
+                seqno,
+                result,
+                ..
             } = e
             {
+                assert_eq!(self.tags.get(&job), Some(&tag), "job {job}'s tag");
                 assert!(
                     self.done.insert(job, (seqno, result)).is_none(),
                     "job {job} completed twice"
@@ -399,6 +413,7 @@ fn submit_and_group_validation_errnos() {
                 stream_addr: addr,
                 stream_size: size,
                 latest_flush: flush,
+                tag: 0,
             },
         )
         .unwrap_err()
