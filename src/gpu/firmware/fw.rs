@@ -24,7 +24,7 @@ use super::ring::{write_ring, WrapperTemplate, JOB_BYTES};
 use super::sched::Scheduler;
 use super::vms::Vms;
 use crate::gpu::cs::disassemble;
-use crate::gpu::interp::{Block, CsLimits, ExecEnv, Stop, StreamState};
+use crate::gpu::interp::{Block, CsLimits, ExecEnv, Stop, StreamState, Windows};
 use crate::gpu::mmu::{Bo, Fault, GpuVm, GuestRange, MapFlags, VmKey, VmState};
 use crate::gpu::model::GpuModel;
 use crate::gpu::sync::FenceResult;
@@ -113,6 +113,9 @@ pub struct Firmware<K: KernelMemory> {
     kmem: K,
     vms: Vms,
     groups: BTreeMap<u32, Group>,
+    /// The instruction windows lent to each slice: one pair for all the
+    /// streams, which run one at a time.
+    windows: Windows,
     sched: Scheduler,
     events: Vec<FwEvent>,
     now: u64,
@@ -134,6 +137,7 @@ impl<K: KernelMemory> Firmware<K> {
             model,
             kmem,
             groups: BTreeMap::new(),
+            windows: Windows::default(),
             events: Vec::new(),
             now: 0,
             next_job: 1,
@@ -897,6 +901,7 @@ impl<K: KernelMemory> Firmware<K> {
             writes,
             events,
             fault_log,
+            windows,
             ..
         } = self;
         let Some(g) = groups.get_mut(&handle) else {
@@ -918,7 +923,7 @@ impl<K: KernelMemory> Firmware<K> {
             writes,
             overflow: false,
         };
-        let stop = q.cs.run(&mut env, budget);
+        let stop = q.cs.run_lent(&mut env, budget, windows);
         let overflow = env.overflow;
         report_fault(fault_log, &mut entry.vm, mem, handle, qi, &stop);
         let deadline = q.cs.next_deadline_ns().filter(|&t| t > now);

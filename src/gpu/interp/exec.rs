@@ -5,7 +5,7 @@ use crate::gpu::mmu::access::SyncWordOp;
 use crate::gpu::mmu::{Fault, FaultKind};
 
 use super::env::ExecEnv;
-use super::fetch::{classify, Kind};
+use super::fetch::{classify, Kind, Windows};
 use super::state::{
     Deferred, DeferredOp, Frame, Root, StreamState, SyncKind, DEFERRED_CAPACITY, MAX_REGS,
 };
@@ -64,6 +64,26 @@ impl StreamState {
         let stop = self.execute(env, &mut left);
         self.stats.instructions += budget - left;
         stop
+    }
+
+    /// [`StreamState::run`] with the instruction windows of `windows`
+    /// instead of the stream's own (see [`Windows`]); they go back to
+    /// `windows` afterwards.
+    pub fn run_lent<E: ExecEnv>(
+        &mut self,
+        env: &mut E,
+        budget: u64,
+        windows: &mut Windows,
+    ) -> Stop {
+        self.swap_windows(windows);
+        let stop = self.run(env, budget);
+        self.swap_windows(windows);
+        stop
+    }
+
+    fn swap_windows(&mut self, windows: &mut Windows) {
+        std::mem::swap(&mut self.window, &mut windows.window);
+        std::mem::swap(&mut self.spare, &mut windows.spare);
     }
 
     /// The instruction loop: register-only instructions run in

@@ -159,12 +159,22 @@ pub(super) struct Window {
 }
 
 impl Window {
+    /// An empty window with no buffer yet: the first fill makes it.
     pub fn new() -> Self {
         Self {
             start: 0,
             bytes: 0,
-            ops: vec![Op::new(Kind::Bad, 0, 0, 0, 0, 0); WINDOW_WORDS].into_boxed_slice(),
-            instrs: vec![Instr::ErrorBarrier; WINDOW_WORDS].into_boxed_slice(),
+            ops: Box::default(),
+            instrs: Box::default(),
+        }
+    }
+
+    /// Makes the buffer if the window has none.
+    #[inline]
+    fn buffer(&mut self) {
+        if self.ops.is_empty() {
+            self.ops = vec![Op::new(Kind::Bad, 0, 0, 0, 0, 0); WINDOW_WORDS].into_boxed_slice();
+            self.instrs = vec![Instr::ErrorBarrier; WINDOW_WORDS].into_boxed_slice();
         }
     }
 
@@ -193,6 +203,7 @@ impl Window {
         start: u64,
         end: u64,
     ) -> Result<(), Fault> {
+        self.buffer();
         if seed.covers(ip) {
             self.copy_seed(seed, ip, end);
             return Ok(());
@@ -395,6 +406,26 @@ fn mark_nop_runs(ops: &mut [Op]) {
             op.imm = run;
         } else {
             run = 0;
+        }
+    }
+}
+
+/// The two instruction windows a stream fetches into. Their contents are
+/// dropped at the start of every slice, so one pair serves every stream
+/// that runs slices one after another: the firmware lends its pair to each
+/// slice ([`super::StreamState::run_lent`]), and a stream then needs no
+/// buffers of its own (16 KiB each).
+#[derive(Debug)]
+pub struct Windows {
+    pub(super) window: Window,
+    pub(super) spare: Window,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Self {
+            window: Window::new(),
+            spare: Window::new(),
         }
     }
 }

@@ -120,6 +120,7 @@ pub mod stop;
 mod tests;
 
 pub use env::{ExecEnv, RunInfo, RunKind};
+pub use fetch::Windows;
 pub use state::{
     CsLimits, ExceptionHandler, HeapState, Resources, Stats, StreamState, TimingModel,
     DEFERRED_CAPACITY, MAX_FRAMES, MAX_REGS, MAX_SCOREBOARDS,

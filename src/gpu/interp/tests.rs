@@ -760,6 +760,39 @@ fn nop_runs_count_one_instruction_each() {
 }
 
 #[test]
+fn streams_share_one_lent_pair_of_windows() {
+    // Two countdown loops in different buffers, preempted in turns, both
+    // fetching into one lent pair: each sees its own code, and neither
+    // makes window buffers of its own.
+    let mut env = TestEnv::new();
+    let count = |r: u8| {
+        words(|b| {
+            b.move32(r, 1000);
+            let top = b.label_here();
+            b.add_imm32(r, r, -1);
+            b.branch_to(Cond::Ne, r, top);
+        })
+    };
+    let mut a = load(&mut env, CODE, &count(1), TimingModel::ZERO);
+    let mut b = load(&mut env, CODE + 0x2000, &count(2), TimingModel::ZERO);
+    let mut lent = Windows::default();
+    let mut done = (false, false);
+    while done != (true, true) {
+        for (s, d) in [(&mut a, &mut done.0), (&mut b, &mut done.1)] {
+            if !*d {
+                *d = s.run_lent(&mut env, 97, &mut lent) == Stop::Done;
+            }
+        }
+    }
+    assert_eq!((a.reg(1), b.reg(2)), (0, 0));
+    assert_eq!(a.stats().instructions, 2001);
+    for s in [&a, &b] {
+        assert!(s.window.ops.is_empty() && s.spare.ops.is_empty());
+    }
+    assert!(!lent.window.ops.is_empty());
+}
+
+#[test]
 fn done_is_repeatable_and_empty_streams_end_at_once() {
     let mut env = TestEnv::new();
     let mut s = stream(TimingModel::ZERO);
