@@ -7,9 +7,12 @@
 //! interface, programs it with [`StreamState::start_ring`] (ring base and
 //! size, extract and insert counters, as CS_START does) and moves the
 //! insert counter with [`StreamState::set_insert`] when jobs are copied into
-//! the ring. It then calls [`StreamState::run`] with an [`ExecEnv`] (the
-//! group's VM, guest memory, a clock and event hooks) and an instruction
-//! budget, and acts on the returned [`Stop`]:
+//! the ring, handing the stream the words it wrote
+//! ([`StreamState::seed_ring`]). It then calls [`StreamState::run`] with an
+//! [`ExecEnv`] (the group's VM, guest memory, a clock and event hooks) and
+//! an instruction budget (or [`StreamState::run_lent`], lending the one
+//! pair of [`Windows`] it keeps for all its streams), and acts on the
+//! returned [`Stop`]:
 //!
 //! | stop | firmware action |
 //! |---|---|
