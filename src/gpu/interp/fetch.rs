@@ -34,8 +34,9 @@
 //! not write kernel memory) or by another stream is not seen for seeded
 //! words; the stream's own writes over them drop the seed, as they drop
 //! the windows. The seed holds one contiguous run of a ring lap, at most
-//! 1024 words (64 jobs; `SEED_WORDS`); words the host writes elsewhere, or past a full seed
-//! whose words have not all run, are fetched from memory as before.
+//! 1024 words (64 jobs; `SEED_WORDS`) and no more than the ring; words the
+//! host writes elsewhere, or past a full seed whose words have not all
+//! run, are fetched from memory as before.
 
 use crate::gpu::cs::{decode, Cond, Instr};
 use crate::gpu::mmu::{Fault, PAGE_SIZE};
