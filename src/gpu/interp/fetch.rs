@@ -297,21 +297,16 @@ impl Seed {
         self.len as u64 * 8
     }
 
-    /// Gives the seed room for `words` words (its first use), at most
-    /// [`SEED_WORDS`].
-    pub fn allocate(&mut self, words: usize, cache: &mut DecodeCache) {
-        let n = words.min(SEED_WORDS);
-        if self.ops.len() != n {
-            let nop = *cache.get(0);
-            self.ops = vec![nop.op; n].into_boxed_slice();
-            self.instrs = vec![nop.instr; n].into_boxed_slice();
-            self.len = 0;
+    /// At the seed's first use, gives it room for a ring of `ring_words`
+    /// words, at most [`SEED_WORDS`].
+    pub fn allocate(&mut self, ring_words: usize, cache: &mut DecodeCache) {
+        if !self.ops.is_empty() {
+            return;
         }
-    }
-
-    /// Whether [`Seed::allocate`] is still to be called.
-    pub fn is_unallocated(&self) -> bool {
-        self.ops.is_empty()
+        let n = ring_words.min(SEED_WORDS);
+        let nop = *cache.get(0);
+        self.ops = vec![nop.op; n].into_boxed_slice();
+        self.instrs = vec![nop.instr; n].into_boxed_slice();
     }
 
     /// Drops the seeded words.

@@ -474,10 +474,8 @@ impl StreamState {
         };
         let extract = self.extract();
         let va = base + (at & (size - 1));
-        if self.seed.is_unallocated() {
-            let words = usize::try_from(size / 8).unwrap_or(usize::MAX);
-            self.seed.allocate(words, &mut self.decoded);
-        }
+        let ring_words = usize::try_from(size / 8).unwrap_or(usize::MAX);
+        self.seed.allocate(ring_words, &mut self.decoded);
         self.seed
             .push(&mut self.decoded, at, va, base + size, extract, words);
     }
