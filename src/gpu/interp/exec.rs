@@ -13,7 +13,7 @@ use super::stop::{exception, Block, CsFault, FaultReason, Stop};
 
 /// Why [`StreamState::run_registers`] returned.
 enum Exit {
-    /// The instruction at this window index is not register-only.
+    /// The instruction at this window index needs [`StreamState::step`].
     Other(usize),
     /// The instruction pointer is at the end of its buffer.
     BufferEnd,
@@ -86,7 +86,8 @@ impl StreamState {
         std::mem::swap(&mut self.spare, &mut windows.spare);
     }
 
-    /// The instruction loop: register-only instructions run in
+    /// The instruction loop: register-only instructions (and WAIT on idle
+    /// scoreboards, ERROR_BARRIER) run in
     /// [`StreamState::run_registers`]; this loop handles buffer ends,
     /// window fills, the budget and every other instruction.
     fn execute<E: ExecEnv>(&mut self, env: &mut E, left: &mut u64) -> Stop {
@@ -141,7 +142,8 @@ impl StreamState {
         }
     }
 
-    /// Runs register-only instructions from the window until something
+    /// Runs register-only instructions from the window, and the WAITs and
+    /// ERROR_BARRIERs that only read or clear a flag, until something
     /// else needs doing. Works on local copies of the hot state.
     #[inline(always)]
     fn run_registers(&mut self, left: &mut u64) -> Exit {
@@ -152,6 +154,9 @@ impl StreamState {
         let words = (self.window.bytes / 8) as usize;
         let ops = &self.window.ops[..words.min(self.window.ops.len())];
         let regs = &mut self.regs;
+        // No slot busy: every WAIT passes. Only `step` marks slots busy, so
+        // this holds until the loop exits.
+        let idle = self.sb_pending == 0;
         let mut ip = self.ip;
         let mut n = *left;
         let exit = loop {
@@ -208,7 +213,12 @@ impl StreamState {
                     ip += 8 * k;
                     continue;
                 }
-                Kind::Other => break Exit::Other(idx),
+                Kind::Wait if idle => false,
+                Kind::ErrorBarrier => {
+                    self.error = false;
+                    false
+                }
+                Kind::Wait | Kind::Other => break Exit::Other(idx),
                 Kind::Bad => {
                     n -= 1;
                     break Exit::Bad(op.w);
@@ -412,7 +422,7 @@ impl StreamState {
             .saturating_add(duration)
     }
 
-    /// Every instruction but the register-only ones.
+    /// Every instruction but those [`StreamState::run_registers`] runs.
     fn step<E: ExecEnv>(&mut self, env: &mut E, instr: Instr, ip: u64, next: u64) -> Flow {
         match instr {
             Instr::Wait {
@@ -690,7 +700,8 @@ impl StreamState {
                 Ok(()) => Flow::Next,
                 Err(f) => self.fault_flow(f, ip),
             },
-            // Register-only instructions normally run in `run_registers`.
+            // Register-only instructions normally run in `run_registers`
+            // (as do WAIT on idle scoreboards and ERROR_BARRIER, above).
             Instr::Nop { .. } => Flow::Next,
             Instr::Move32 { dst, imm } => {
                 self.regs[usize::from(dst)] = imm;

@@ -57,7 +57,9 @@ const FILL_WORDS: usize = 64;
 
 /// What the execution loop does with a pre-decoded word. The register-only
 /// instructions get their own kinds (one per branch condition) and run in
-/// the loop itself; everything else is [`Kind::Other`].
+/// the loop itself, as do the two that touch nothing but a flag of the
+/// stream (WAIT on idle scoreboards, ERROR_BARRIER); everything else is
+/// [`Kind::Other`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub(super) enum Kind {
@@ -74,6 +76,12 @@ pub(super) enum Kind {
     BranchLt,
     BranchGe,
     BranchAlways,
+    /// A WAIT that does not bump the progress counter: a no-op when no
+    /// scoreboard slot is busy, else run as [`Kind::Other`] (its decoded
+    /// instruction is kept too).
+    Wait,
+    /// ERROR_BARRIER: clears the stream's error state.
+    ErrorBarrier,
     /// Any other valid instruction: see the window's `instrs`.
     Other,
     /// A word that must not execute; [`classify`] says why.
@@ -142,6 +150,11 @@ impl Op {
                 };
                 Self::new(kind, value, 0, 0, (i32::from(offset) * 8) as u32, 0)
             }
+            Instr::Wait {
+                progress_inc: false,
+                ..
+            } => Self::new(Kind::Wait, 0, 0, 0, 0, 0),
+            Instr::ErrorBarrier => Self::new(Kind::ErrorBarrier, 0, 0, 0, 0, 0),
             _ => Self::new(Kind::Other, 0, 0, 0, 0, 0),
         }
     }
