@@ -4,7 +4,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileMemory};
 
 use crate::gpu::mmu::GuestRange;
 
@@ -91,6 +92,40 @@ impl RspMem {
         self.write(mem, off, &v.to_le_bytes());
     }
 
+    /// The guest address of the 4 bytes at `off`, if they lie inside one
+    /// range.
+    fn word_addr(&self, off: u64) -> Option<GuestAddress> {
+        if off.checked_add(4)? > self.size {
+            return None;
+        }
+        let mut pos = 0u64;
+        for r in &self.ranges {
+            let end = pos.saturating_add(r.len);
+            if off < end {
+                return (off + 4 <= end).then(|| GuestAddress(r.addr.0.saturating_add(off - pos)));
+            }
+            pos = end;
+        }
+        None
+    }
+
+    /// Stores `v` at `off` with release ordering (every earlier write is
+    /// visible to a reader that sees it): one atomic store when the word
+    /// is aligned and inside one range and one memory region, as the
+    /// header's words are in practice; otherwise a fence and a plain
+    /// write of its bytes.
+    fn store_u32<M: GuestMemoryBackend + ?Sized>(&self, mem: &M, off: u64, v: u32) {
+        if let Some(slice) = self.word_addr(off).and_then(|a| mem.get_slice(a, 4).ok()) {
+            if let Ok(word) = slice.get_atomic_ref::<AtomicU32>(0) {
+                word.store(v.to_le(), Ordering::Release);
+                slice.bitmap().mark_dirty(0, 4);
+                return;
+            }
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        self.write_u32(mem, off, v);
+    }
+
     /// Zeroes the 64-byte header and sets its seqno.
     pub fn init_header<M: GuestMemoryBackend + ?Sized>(&self, mem: &M, seqno: u32) {
         self.write(mem, 0, &[0u8; 64]);
@@ -102,8 +137,7 @@ impl RspMem {
         if ret != 0 {
             self.command_failed(mem, seqno, ret);
         }
-        std::sync::atomic::fence(Ordering::Release);
-        self.write_u32(mem, OFF_SEQNO, seqno);
+        self.store_u32(mem, OFF_SEQNO, seqno);
     }
 
     /// Records that command `seqno` failed with `ret` (the error fields
@@ -133,8 +167,7 @@ impl RspMem {
     /// first, then the state.
     pub fn complete_record<M: GuestMemoryBackend + ?Sized>(&self, mem: &M, off: u64, result: i32) {
         self.write_u32(mem, off + 4, result as u32);
-        std::sync::atomic::fence(Ordering::Release);
-        self.write_u32(mem, off, crate::uapi::native::COMPLETION_DONE);
+        self.store_u32(mem, off, crate::uapi::native::COMPLETION_DONE);
     }
 }
 
@@ -162,5 +195,31 @@ mod tests {
         r.write(&mem, u64::MAX, &[9; 8]);
         mem.read_slice(&mut a, GuestAddress(0x3000)).unwrap();
         assert_eq!(a, [5, 6, 7, 8, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn word_stores_land_whole_wherever_the_word_lies() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        // 6 bytes, then 10 at an odd address: the second range's words
+        // are misaligned, and bytes 4..8 straddle the two ranges.
+        let r = RspMem::new(
+            vec![GuestRange::new(0x1000, 6), GuestRange::new(0x3001, 10)],
+            16,
+        );
+        assert_eq!(r.word_addr(0), Some(GuestAddress(0x1000)));
+        assert_eq!(r.word_addr(4), None);
+        assert_eq!(r.word_addr(8), Some(GuestAddress(0x3003)));
+        assert_eq!(r.word_addr(13), None);
+        r.store_u32(&mem, 0, 0x0403_0201); // atomic
+        r.store_u32(&mem, 4, 0x0807_0605); // across the ranges
+        r.store_u32(&mem, 8, 0x0c0b_0a09); // misaligned
+        r.store_u32(&mem, 12, 0x100f_0e0d); // the last word
+        r.store_u32(&mem, 13, 0xffff_ffff); // past the end: dropped
+        let mut a = [0u8; 6];
+        mem.read_slice(&mut a, GuestAddress(0x1000)).unwrap();
+        assert_eq!(a, [1, 2, 3, 4, 5, 6]);
+        let mut b = [0u8; 11];
+        mem.read_slice(&mut b, GuestAddress(0x3001)).unwrap();
+        assert_eq!(b, [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0]);
     }
 }
