@@ -1104,6 +1104,19 @@ fn fenced_submit_refused_by_the_engine() {
     let h = a.header();
     assert_eq!(h.error_count, errors + 2);
     assert_eq!(h.async_error_count, 1, "refusals are not async errors");
+
+    // Without a response (rsp_off 0) the header's error fields alone say
+    // so, by the time the fence completes.
+    let (mut buf, _) = a.number(&[submit_cmd(1, &[(0, DATA_VA + 0x3000, 64, vec![])])]);
+    buf[12..16].copy_from_slice(&0u32.to_le_bytes());
+    assert_eq!(a.submit(&buf, Some((4, Some(2)))), cmd::RESP_OK_NODATA);
+    let h = a.header();
+    assert_eq!(h.seqno, a.seqno);
+    assert_eq!(h.error_count, errors + 3);
+    assert_eq!(h.last_error_seqno, a.seqno);
+    assert_eq!(h.last_error, -EINVAL);
+    assert_eq!(h.async_error_count, 1);
+    assert_eq!(a.data_word(0x2000), 0, "a refused job must not run");
     drop(a);
     common::finish(d);
 }

@@ -604,7 +604,9 @@ impl NativeContext {
     /// Registers the outstanding work of command `c` (`remaining`
     /// events expected) against the context's quota for its kind: the
     /// errno to answer if it is used up (EBUSY for jobs and binds, ENOMEM
-    /// for waits), else the work's id, to be armed after the response.
+    /// for waits), else the work's id. A command with a response is armed
+    /// once the response is written; one without is armed from the start
+    /// (its completion has nothing to overwrite).
     fn new_work(
         &mut self,
         kind: WorkKind,
@@ -654,7 +656,7 @@ impl NativeContext {
                 result: 0,
                 seqno: c.seqno,
                 tracker: tracker.cloned(),
-                armed: false,
+                armed: !has_rsp,
                 finished: false,
                 last_index: 0,
                 rejected: false,
@@ -667,7 +669,9 @@ impl NativeContext {
         if let Some(t) = tracker {
             t.add();
         }
-        self.to_arm.push(id);
+        if has_rsp {
+            self.to_arm.push(id);
+        }
         Ok(id)
     }
 

@@ -65,7 +65,8 @@ pub struct Work {
     pub seqno: u32,
     /// The fence tracker of its SUBMIT_3D.
     pub tracker: Option<Arc<WorkTracker>>,
-    /// The command's response is written: completion may be reported.
+    /// The command's response is written, or it has none: completion may
+    /// be reported.
     pub armed: bool,
     /// All events arrived before the response was written.
     pub finished: bool,
