@@ -191,6 +191,9 @@ pub struct NativeContext {
     engine: Option<Engine>,
     /// The engine's completed fences, and the trackers kept for reuse.
     completions: Arc<Completions>,
+    /// Kept fence trackers taken from `completions` (see
+    /// [`Completions::tracker`]).
+    trackers: Vec<Arc<WorkTracker>>,
     shared: Shared,
     pool: SharedPool,
     vms: BTreeMap<u32, VmEntry>,
@@ -240,6 +243,7 @@ impl NativeContext {
             rings_used: 0,
             engine: None,
             completions: Arc::default(),
+            trackers: Vec::new(),
             shared: Shared::default(),
             pool: SharedPool::default(),
             vms: BTreeMap::new(),
@@ -372,7 +376,9 @@ impl NativeContext {
             }
         }
         let tracker = match (env.fence, env.sink) {
-            (Some((t, id)), Some(sink)) => Some(self.completions.tracker(t, id, sink)),
+            (Some((t, id)), Some(sink)) => {
+                Some(self.completions.tracker(&mut self.trackers, t, id, sink))
+            }
             _ => None,
         };
         let guard = env.snapshot;

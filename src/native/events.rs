@@ -194,15 +194,20 @@ impl Completions {
     }
 
     /// A tracker for fence `fence_id` on `timeline`: a kept one if any
-    /// (nothing else holds it any more), else a new one.
+    /// (nothing else holds it any more), else a new one. `stock` is the
+    /// caller's own supply of kept trackers: when it runs out, it takes
+    /// every kept one under one lock, so most calls take no lock.
     pub fn tracker(
         &self,
+        stock: &mut Vec<Arc<WorkTracker>>,
         timeline: Timeline,
         fence_id: u64,
         sink: &Arc<dyn FenceSink>,
     ) -> Arc<WorkTracker> {
-        let kept = self.spare().pop();
-        if let Some(mut t) = kept {
+        if stock.is_empty() {
+            std::mem::swap(&mut *self.spare(), stock);
+        }
+        if let Some(mut t) = stock.pop() {
             if let Some(inner) = Arc::get_mut(&mut t) {
                 inner.reset(timeline, fence_id, sink);
                 return t;
@@ -467,8 +472,9 @@ mod tests {
         let record = Arc::new(Record::default());
         let sink: Arc<dyn FenceSink> = record.clone();
         let c = Completions::default();
-        let a = c.tracker(T, 1, &sink);
-        let held = c.tracker(T, 2, &sink);
+        let mut stock = Vec::new();
+        let a = c.tracker(&mut stock, T, 1, &sink);
+        let held = c.tracker(&mut stock, T, 2, &sink);
         let kept_elsewhere = held.clone();
         for t in [a.clone(), held] {
             assert!(t.release(), "only the transport's hold was taken");
@@ -479,13 +485,13 @@ mod tests {
         assert_eq!(*record.0.lock().unwrap(), vec![(T, 1), (T, 2)]);
         // Fence 1's tracker is kept; fence 2's is still held elsewhere.
         assert_eq!(c.spare().len(), 1);
-        let again = c.tracker(T, 3, &sink);
+        let again = c.tracker(&mut stock, T, 3, &sink);
         assert_eq!(again.fence(), (T, 3));
         assert!(again.release(), "count back at one");
         assert!(!Arc::ptr_eq(&again, &kept_elsewhere));
-        assert!(c.spare().is_empty());
+        assert!(c.spare().is_empty() && stock.is_empty());
         // With nothing kept, a new one.
-        let fresh = c.tracker(T, 4, &sink);
+        let fresh = c.tracker(&mut stock, T, 4, &sink);
         assert_eq!(fresh.fence(), (T, 4));
         // A tracker given back while something still holds it is not kept.
         let held = fresh.clone();
