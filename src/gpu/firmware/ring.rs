@@ -135,24 +135,17 @@ impl WrapperTemplate {
         Self { words, addr, val }
     }
 
-    /// The wrapper words of one job.
+    /// The wrapper words of one job. The three operand words are MOVE32
+    /// and MOVE48, whose immediates are the word's low 32 and 48 bits: the
+    /// template holds them with a zero immediate, and the job's are put
+    /// in (a stream address wider than 48 bits is cut, as encoding the
+    /// MOVE48 would).
     pub fn job(&self, latest_flush: u32, stream_addr: u64, stream_size: u32) -> [u64; JOB_INSTRS] {
+        const IMM48: u64 = (1 << 48) - 1;
         let mut words = self.words;
-        words[LATEST_FLUSH_AT] = Instr::Move32 {
-            dst: self.val,
-            imm: latest_flush,
-        }
-        .encode();
-        words[STREAM_ADDR_AT] = Instr::Move48 {
-            dst: self.addr,
-            imm: stream_addr,
-        }
-        .encode();
-        words[STREAM_SIZE_AT] = Instr::Move32 {
-            dst: self.val,
-            imm: stream_size,
-        }
-        .encode();
+        words[LATEST_FLUSH_AT] |= u64::from(latest_flush);
+        words[STREAM_ADDR_AT] |= stream_addr & IMM48;
+        words[STREAM_SIZE_AT] |= u64::from(stream_size);
         words
     }
 }
@@ -234,5 +227,32 @@ mod tests {
         assert_eq!(a[LATEST_FLUSH_AT], 0x025e000000000007);
         assert_eq!(b[STREAM_ADDR_AT], 0x015c000000100000);
         assert_eq!(b[STREAM_SIZE_AT], 0x025e000000000040);
+        // The operand words are the instructions encoded in full.
+        let (flush, addr, size) = (u32::MAX, 0xffff_ffff_ffc0, u32::MAX - 7);
+        let c = t.job(flush, addr, size);
+        assert_eq!(
+            c[LATEST_FLUSH_AT],
+            Instr::Move32 {
+                dst: t.val,
+                imm: flush
+            }
+            .encode()
+        );
+        assert_eq!(
+            c[STREAM_ADDR_AT],
+            Instr::Move48 {
+                dst: t.addr,
+                imm: addr
+            }
+            .encode()
+        );
+        assert_eq!(
+            c[STREAM_SIZE_AT],
+            Instr::Move32 {
+                dst: t.val,
+                imm: size
+            }
+            .encode()
+        );
     }
 }
