@@ -622,6 +622,15 @@ fn argument_errors_are_synchronous_and_change_nothing() {
         .group_submit(g, vec![H::job(s, 0, vec![], 10)])
         .unwrap_err();
     assert_eq!((e, e.errno()), (EngineError::Busy, libc::EAGAIN));
+    let e = h
+        .e()
+        .group_submit(g, vec![H::job(s, 0, vec![], 11), H::job(s, 0, vec![], 12)])
+        .unwrap_err();
+    assert_eq!(
+        e,
+        EngineError::Busy,
+        "counted per queue for several jobs too"
+    );
     // Sync op decoding.
     assert_eq!(
         SyncOp::from_uapi(2, 1, 0).unwrap_err().errno(),

@@ -429,27 +429,13 @@ where
             self.fw.check_submit(group, &j.job)?;
         }
         check_batch(&self.syncs, jobs.as_slice().iter().map(|j| &j.syncs[..]))?;
-        // Jobs per queue, counted on the stack: a group has at most
-        // MAX_QUEUES queues, and check_submit refused any other index.
-        let mut added = [0usize; MAX_QUEUES];
-        let mut queues = 0;
-        for j in jobs.as_slice() {
-            match added.get_mut(j.job.queue as usize) {
-                Some(n) => *n += 1,
-                None => {
-                    return Err(FwError::NoSuchQueue {
-                        group,
-                        queue: j.job.queue,
-                    }
-                    .into())
-                }
-            }
-            queues = queues.max(j.job.queue as usize + 1);
-        }
-        for (queue, &n) in (0u32..).zip(&added[..queues]).filter(|(_, &n)| n > 0) {
-            if self.jobs.outstanding((group, queue)) + n > self.config.max_jobs_per_queue {
+        if let [j] = jobs.as_slice() {
+            // One job, the usual case: its queue's count is all to check.
+            if self.jobs.outstanding((group, j.job.queue)) >= self.config.max_jobs_per_queue {
                 return Err(EngineError::Busy);
             }
+        } else {
+            self.check_room(group, &jobs)?;
         }
         for j in jobs {
             let id = self.id();
@@ -475,6 +461,33 @@ where
             } else {
                 self.jobs.push(key, id, held);
                 self.dirty_queues.insert(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every queue of `group` has room for its jobs of `jobs`.
+    fn check_room(&self, group: u32, jobs: &Submits) -> Result<(), EngineError> {
+        // Jobs per queue, counted on the stack: a group has at most
+        // MAX_QUEUES queues, and check_submit refused any other index.
+        let mut added = [0usize; MAX_QUEUES];
+        let mut queues = 0;
+        for j in jobs.as_slice() {
+            match added.get_mut(j.job.queue as usize) {
+                Some(n) => *n += 1,
+                None => {
+                    return Err(FwError::NoSuchQueue {
+                        group,
+                        queue: j.job.queue,
+                    }
+                    .into())
+                }
+            }
+            queues = queues.max(j.job.queue as usize + 1);
+        }
+        for (queue, &n) in (0u32..).zip(&added[..queues]).filter(|(_, &n)| n > 0) {
+            if self.jobs.outstanding((group, queue)) + n > self.config.max_jobs_per_queue {
+                return Err(EngineError::Busy);
             }
         }
         Ok(())
