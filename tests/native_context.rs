@@ -1236,6 +1236,62 @@ fn fence_order_on_rings_with_held_wait() {
     common::finish(d);
 }
 
+/// A wait-any ends at its first point; its other points still signal
+/// later. Those late events must not reach the command that took over the
+/// finished wait's record in the meantime: here a later wait stays pending
+/// until its own point signals.
+#[test]
+fn a_wait_any_s_late_points_leave_later_work_alone() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    assert_eq!(n.run(&[timeline(1), timeline(2), timeline(3)]), vec![0; 3]);
+    let wait_on = |points: &[(u32, u64)]| {
+        let mut w = CommandWriter::<SyncobjWaitReq>::new(0, 0);
+        let points: Vec<SyncobjPoint> = points
+            .iter()
+            .map(|&(handle, point)| SyncobjPoint {
+                handle,
+                pad: 0,
+                point,
+            })
+            .collect();
+        let pts = w.array(&points);
+        w.finish(&SyncobjWaitReq {
+            flags: SYNCOBJ_WAIT_FOR_SUBMIT,
+            pad: 0,
+            timeout_ns: 0,
+            points: pts,
+        })
+    };
+    let (buf, first) = n.number(&[wait_on(&[(1, 1), (2, 1)])]);
+    let any =
+        n.g.vmm
+            .submit(CONTROLQ, &submit_req(n.hdr(Some((1, Some(0)))), &buf), HDR)
+            .unwrap();
+    n.g.vmm.kick(CONTROLQ).unwrap();
+    assert_eq!(n.run(&[signal_cmd(1, 1)]), vec![0]);
+    n.g.vmm.complete(any, WAIT).unwrap();
+    assert_eq!(n.wait_record(first[0] + 16), 0);
+
+    let (buf, later) = n.number(&[wait_on(&[(3, 1)])]);
+    let held =
+        n.g.vmm
+            .submit(CONTROLQ, &submit_req(n.hdr(Some((2, Some(0)))), &buf), HDR)
+            .unwrap();
+    n.g.vmm.kick(CONTROLQ).unwrap();
+    // The first wait's other point signals.
+    assert_eq!(n.run(&[signal_cmd(2, 1)]), vec![0]);
+    std::thread::sleep(Duration::from_millis(50));
+    let w: SyncobjWaitRsp = n.rsp_at(later[0]);
+    assert_eq!(w.completion.state, COMPLETION_PENDING);
+    assert_eq!(n.header().async_error_count, 0);
+    assert_eq!(n.run(&[signal_cmd(3, 1)]), vec![0]);
+    n.g.vmm.complete(held, WAIT).unwrap();
+    assert_eq!(n.wait_record(later[0] + 16), 0);
+    drop(n);
+    common::finish(d);
+}
+
 /// CTX_DESTROY with an endless job in flight: the held fence completes,
 /// the engine thread goes away, and a new context works.
 #[test]

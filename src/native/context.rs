@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use vm_memory::{ByteValued, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::events::{on_events, Completions, Shared, Work, WorkKind, INDEX_BITS};
+use super::events::{on_events, uncount, Completions, Shared, Work, WorkKind, INDEX_BITS};
 use super::fences::{FenceSink, WorkTracker};
 use super::framing::commands;
 use super::kmem::SharedPool;
@@ -201,7 +201,6 @@ pub struct NativeContext {
     groups: BTreeMap<u32, GroupEntry>,
     syncobjs: BTreeMap<u32, (SyncHandle, SyncKind)>,
     heaps: BTreeMap<u32, u32>,
-    next_work: u64,
     started: Instant,
     limiter: LogLimiter,
     to_arm: Vec<u64>,
@@ -251,7 +250,6 @@ impl NativeContext {
             groups: BTreeMap::new(),
             syncobjs: BTreeMap::new(),
             heaps: BTreeMap::new(),
-            next_work: 1,
             started: Instant::now(),
             limiter: LogLimiter::default(),
             to_arm: Vec::new(),
@@ -645,29 +643,40 @@ impl NativeContext {
             return Err(errno);
         }
         *count += add;
-        let id = self.next_work;
-        self.next_work += 1;
-        st.works.insert(
-            id,
-            Work {
-                kind,
-                rsp: Some(rsp.clone()),
-                record: has_rsp.then_some(base + record_at),
-                first_signaled: if has_rsp {
-                    first_signaled_at.map(|o| base + o)
-                } else {
-                    None
-                },
-                remaining,
-                result: 0,
-                seqno: c.seqno,
-                tracker: tracker.cloned(),
-                armed: !has_rsp,
-                finished: false,
-                last_index: 0,
-                rejected: false,
+        let work = Work {
+            kind,
+            rsp: Some(rsp.clone()),
+            record: has_rsp.then_some(base + record_at),
+            first_signaled: if has_rsp {
+                first_signaled_at.map(|o| base + o)
+            } else {
+                None
             },
-        );
+            remaining,
+            result: 0,
+            seqno: c.seqno,
+            tracker: tracker.cloned(),
+            armed: !has_rsp,
+            finished: false,
+            last_index: 0,
+            rejected: false,
+        };
+        // The id must leave room for the event index in a user_data; the
+        // quotas keep the works held far below that many.
+        let refused = match st.works.insert(work) {
+            Ok(id) if id >> (64 - INDEX_BITS) == 0 => Ok(id),
+            Ok(id) => Err(st.works.remove(id)),
+            Err(work) => Err(Some(work)),
+        };
+        let id = match refused {
+            Ok(id) => id,
+            Err(work) => {
+                if let Some(w) = &work {
+                    uncount(&mut st, w);
+                }
+                return Err(errno);
+            }
+        };
         drop(st);
         // Counted before the work is handed to the engine (only its events
         // drop the count again), and outside the shared-state lock, so that

@@ -22,7 +22,7 @@ use super::rspmem::RspMem;
 use crate::gpu::engine::{EngineError, EngineEvent};
 use crate::gpu::firmware::FwEvent;
 use crate::gpu::sync::FenceResult;
-use crate::idmap::IdMap;
+use crate::slab::Slab;
 use crate::uapi::native::{GroupSubmitRsp, RspHdr};
 use crate::virtio_gpu::fence::Timeline;
 
@@ -90,7 +90,7 @@ pub struct GroupFault {
 #[derive(Debug, Default)]
 pub struct AsyncState {
     /// Outstanding work by id (`user_data >> INDEX_BITS`).
-    pub works: IdMap<u64, Work>,
+    pub works: Slab<Work>,
     /// Jobs not completed.
     pub jobs_in_flight: usize,
     /// Asynchronous bind ops not applied.
@@ -116,8 +116,8 @@ impl Shared {
     pub fn arm<M: vm_memory::GuestMemoryBackend + ?Sized>(&self, id: u64, mem: &M) {
         let w = {
             let mut st = self.lock();
-            match st.works.get_mut(&id) {
-                Some(w) if w.finished => st.works.remove(&id),
+            match st.works.get_mut(id) {
+                Some(w) if w.finished => st.works.remove(id),
                 Some(w) => {
                     w.armed = true;
                     None
@@ -135,7 +135,7 @@ impl Shared {
     pub fn cancel(&self, id: u64) {
         let w = {
             let mut st = self.lock();
-            let w = st.works.remove(&id);
+            let w = st.works.remove(id);
             if let Some(w) = &w {
                 uncount(&mut st, w);
             }
@@ -147,7 +147,7 @@ impl Shared {
     }
 }
 
-fn uncount(st: &mut AsyncState, w: &Work) {
+pub(super) fn uncount(st: &mut AsyncState, w: &Work) {
     match w.kind {
         WorkKind::Jobs => st.jobs_in_flight = st.jobs_in_flight.saturating_sub(w.remaining),
         WorkKind::Bind { ops } => st.binds_in_flight = st.binds_in_flight.saturating_sub(ops),
@@ -319,7 +319,7 @@ fn on_event(st: &mut AsyncState, ev: EngineEvent) -> Option<Work> {
             user_data, error, ..
         } => {
             let id = user_data >> INDEX_BITS;
-            let w = st.works.get_mut(&id)?;
+            let w = st.works.get_mut(id)?;
             let never_queued = std::mem::take(&mut w.remaining);
             w.result = -engine_errno(error);
             w.rejected = true;
@@ -329,7 +329,7 @@ fn on_event(st: &mut AsyncState, ev: EngineEvent) -> Option<Work> {
                 w.finished = true;
             }
             st.jobs_in_flight = st.jobs_in_flight.saturating_sub(never_queued);
-            return if armed { st.works.remove(&id) } else { None };
+            return if armed { st.works.remove(id) } else { None };
         }
         EngineEvent::Firmware(fw) => {
             let (group, fault) = match fw {
@@ -356,7 +356,7 @@ fn on_event(st: &mut AsyncState, ev: EngineEvent) -> Option<Work> {
     let id = user_data >> INDEX_BITS;
     let index = (user_data & ((1 << INDEX_BITS) - 1)) as u32;
     let ret = errno_of(result);
-    let w = st.works.get_mut(&id)?;
+    let w = st.works.get_mut(id)?;
     if w.result == 0 {
         w.result = ret;
     }
@@ -375,7 +375,7 @@ fn on_event(st: &mut AsyncState, ev: EngineEvent) -> Option<Work> {
     if !done || !armed {
         return None;
     }
-    let w = st.works.remove(&id)?;
+    let w = st.works.remove(id)?;
     match w.kind {
         WorkKind::Bind { ops } => st.binds_in_flight = st.binds_in_flight.saturating_sub(ops),
         WorkKind::Wait { .. } => st.waits = st.waits.saturating_sub(1),

@@ -686,12 +686,19 @@ where
             ..
         } = held;
         // The record's key goes with the job and comes back in its JobDone.
-        let tag = self.running.insert(Running {
+        let running = Running {
             key,
             user_data,
             signals,
-        });
-        job.tag = tag as u64;
+        };
+        let tag = match self.running.insert(running) {
+            Ok(tag) => tag,
+            Err(r) => {
+                self.end_job(r, 0, Err(libc::ENOMEM));
+                return false;
+            }
+        };
+        job.tag = tag;
         match self.fw.submit_unscheduled(mem, now, key.0, &job) {
             Ok(_) => true,
             Err(e) => {
@@ -749,10 +756,7 @@ where
                 FwEvent::JobDone {
                     tag, seqno, result, ..
                 } => {
-                    let r = usize::try_from(tag)
-                        .ok()
-                        .and_then(|t| self.running.remove(t));
-                    if let Some(r) = r {
+                    if let Some(r) = self.running.remove(tag) {
                         self.end_job(r, seqno, result);
                     }
                 }
