@@ -559,33 +559,42 @@ impl NativeContext {
         }
     }
 
+    #[inline]
     fn engine(&mut self, env: &SubmitEnv<'_>) -> Res<&Engine> {
         if self.engine.is_none() {
-            let shared = self.shared.clone();
-            let mem = env.mem.clone();
-            let config = EngineConfig {
-                firmware: FwConfig {
-                    job_timeout_ns: u64::from(self.cfg.job_timeout_ms.max(1)) * 1_000_000,
-                    max_mapped_bytes: self.cfg.max_mapped_bytes,
-                    ..FwConfig::default()
-                },
-                ..EngineConfig::default()
-            };
-            let batch = self.completions.clone();
-            let engine = Engine::spawn_batched(
-                env.mem.clone(),
-                self.pool.clone(),
-                self.cfg.model,
-                config,
-                Box::new(move |events| on_events(&shared, &mem, &batch, events)),
-            )
-            .map_err(|e| {
-                log::warn!("cannot start the GPU engine: {e}");
-                ENOMEM
-            })?;
-            self.engine = Some(engine);
+            self.start_engine(env)?;
         }
         self.engine.as_ref().ok_or(EIO)
+    }
+
+    /// Starts the context's GPU engine (at its first command that needs
+    /// it).
+    #[cold]
+    fn start_engine(&mut self, env: &SubmitEnv<'_>) -> Res<()> {
+        let shared = self.shared.clone();
+        let mem = env.mem.clone();
+        let config = EngineConfig {
+            firmware: FwConfig {
+                job_timeout_ns: u64::from(self.cfg.job_timeout_ms.max(1)) * 1_000_000,
+                max_mapped_bytes: self.cfg.max_mapped_bytes,
+                ..FwConfig::default()
+            },
+            ..EngineConfig::default()
+        };
+        let batch = self.completions.clone();
+        let engine = Engine::spawn_batched(
+            env.mem.clone(),
+            self.pool.clone(),
+            self.cfg.model,
+            config,
+            Box::new(move |events| on_events(&shared, &mem, &batch, events)),
+        )
+        .map_err(|e| {
+            log::warn!("cannot start the GPU engine: {e}");
+            ENOMEM
+        })?;
+        self.engine = Some(engine);
+        Ok(())
     }
 
     fn take_ring(&mut self, env: &SubmitEnv<'_>) -> Res<u32> {
