@@ -118,7 +118,12 @@ impl StreamState {
                     continue;
                 }
                 Exit::Refill => {
-                    if let Some(stop) = self.refill(env) {
+                    if self.ip.wrapping_sub(self.spare.start) < self.spare.bytes {
+                        // Back in the buffer of the spare window (a return
+                        // from a CALL, or the next CALL of the same
+                        // stream): use it as it is.
+                        std::mem::swap(&mut self.window, &mut self.spare);
+                    } else if let Some(stop) = self.refill(env) {
                         return stop;
                     }
                     continue;
@@ -240,16 +245,10 @@ impl StreamState {
         exit
     }
 
-    /// Fills the instruction window at `ip`.
+    /// Fills the instruction window at `ip` (which neither window holds).
     #[cold]
     fn refill<E: ExecEnv>(&mut self, env: &mut E) -> Option<Stop> {
         let (ip, start, end) = (self.ip, self.start, self.end);
-        if ip.wrapping_sub(self.spare.start) < self.spare.bytes {
-            // Back in the buffer of the spare window (a return from a
-            // CALL, or the next CALL of the same stream): use it as it is.
-            std::mem::swap(&mut self.window, &mut self.spare);
-            return None;
-        }
         // Running on past the end of the window refills it in place, so
         // that the spare (a stream each job calls) survives a ring's jobs;
         // a jump elsewhere keeps the current window as the spare.
