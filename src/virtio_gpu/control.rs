@@ -1357,7 +1357,8 @@ impl GpuState {
     }
 
     /// SUBMIT_3D once the start of the request is in `buf`: its fields
-    /// checked, the rest of a large command buffer read.
+    /// checked, the rest of a large command buffer read, then the commands
+    /// run by the context.
     fn checked_submit(
         &mut self,
         hdr: &CtrlHdr,
@@ -1373,9 +1374,10 @@ impl GpuState {
         let tail = SUBMIT_TAIL;
         req.as_mut_slice()[std::mem::size_of::<CtrlHdr>()..].copy_from_slice(&buf[..tail]);
         let ctx_id = req.hdr.ctx_id;
-        if !self.contexts.contains_key(&ctx_id) {
+        let fence = self.fence_of(&req.hdr).map(|t| (t, req.hdr.fence_id));
+        let Some(ctx) = self.contexts.get_mut(&ctx_id) else {
             return Err(CmdError::InvalidContext(ctx_id));
-        }
+        };
         if req.num_in_fences != 0 {
             return Err(invalid("in-fences are not supported"));
         }
@@ -1399,29 +1401,12 @@ impl GpuState {
             r.read_exact(&mut buf[have..])
                 .map_err(|e| invalid(format!("reading command buffer: {e}")))?;
         }
-        self.run_submit(&req, &buf[tail..tail + size], snapshot)
-    }
-
-    /// SUBMIT_3D once its command buffer is copied.
-    fn run_submit(
-        &mut self,
-        req: &CmdSubmit,
-        buf: &[u8],
-        snapshot: &GuestMemoryMmap,
-    ) -> Result<Resp, CmdError> {
-        let ctx_id = req.hdr.ctx_id;
-        let fence = self.fence_of(&req.hdr).map(|t| (t, req.hdr.fence_id));
         let Some(mem) = self.guest_mem.as_ref() else {
             return Err(CmdError::Unspec("no guest memory".into()));
         };
-        let full = self.features.context_init;
-        let ctx = self
-            .contexts
-            .get_mut(&ctx_id)
-            .ok_or(CmdError::InvalidContext(ctx_id))?;
         let env = SubmitEnv {
             ctx_id,
-            full: full && ctx.capset_id == CAPSET_ID_DRM,
+            full: self.features.context_init && ctx.capset_id == CAPSET_ID_DRM,
             resources: &self.resources,
             mem,
             snapshot,
@@ -1430,7 +1415,7 @@ impl GpuState {
         };
         self.pending = ctx
             .native
-            .submit(buf, &env)
+            .submit(&buf[tail..tail + size], &env)
             .map_err(|e| invalid(e.to_string()))?;
         Ok(Resp::NoData)
     }
