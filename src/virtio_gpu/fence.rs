@@ -118,10 +118,16 @@ impl FenceRings {
         let Some(slot) = self.slot_of(timeline) else {
             return;
         };
-        if let Some(p) = self.slots[slot]
-            .iter_mut()
-            .find(|p| !p.done && p.fence_id == fence_id)
-        {
+        let ring = &mut self.slots[slot];
+        // The front entry is never done between calls (see `push`), so it
+        // is the oldest not-done one: fences completed in order, the usual
+        // case, leave from the front at once.
+        if ring.front().is_some_and(|p| p.fence_id == fence_id) {
+            if let Some(p) = ring.pop_front() {
+                out.push(p.chain);
+                self.pending -= 1;
+            }
+        } else if let Some(p) = ring.iter_mut().find(|p| !p.done && p.fence_id == fence_id) {
             p.done = true;
         }
         self.drain_ready(timeline, slot, out);
@@ -277,6 +283,20 @@ mod tests {
         assert_eq!(complete(&mut f, R0, 1), vec![c(0), c(1), c(2)]);
         assert_eq!(complete(&mut f, R0, 4), vec![c(3)]);
         assert!(complete(&mut f, R0, 99).is_empty());
+    }
+
+    #[test]
+    fn a_repeated_fence_id_completes_its_oldest_entry_first() {
+        let mut f = FenceRings::new();
+        for i in 0..3u16 {
+            assert!(push(&mut f, R0, 5, c(i), false).is_empty());
+        }
+        assert!(push(&mut f, R0, 6, c(3), false).is_empty());
+        assert_eq!(complete(&mut f, R0, 5), vec![c(0)]);
+        assert!(complete(&mut f, R0, 6).is_empty(), "behind two fives");
+        assert_eq!(complete(&mut f, R0, 5), vec![c(1)]);
+        assert_eq!(complete(&mut f, R0, 5), vec![c(2), c(3)]);
+        assert_eq!(f.pending(), 0);
     }
 
     #[test]
