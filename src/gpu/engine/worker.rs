@@ -699,7 +699,8 @@ where
             }
         };
         job.tag = tag;
-        match self.fw.submit_unscheduled(mem, now, key.0, &job) {
+        // Validated by `check_submit` when the GROUP_SUBMIT came in.
+        match self.fw.submit_validated(mem, now, key.0, &job) {
             Ok(_) => true,
             Err(e) => {
                 // The group died (or went away) while the job waited.

@@ -524,9 +524,26 @@ impl<K: KernelMemory> Firmware<K> {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        self.tick_clock(now);
-        // check_submit's checks, with the group looked up once.
         job.validate()?;
+        self.submit_validated(mem, now, handle, job)
+    }
+
+    /// [`Firmware::submit_unscheduled`] of a job that passed
+    /// [`JobSubmit::validate`] (as [`Firmware::check_submit`] checks it):
+    /// its group and queue are checked here, as they may have changed
+    /// since.
+    pub(crate) fn submit_validated<M>(
+        &mut self,
+        mem: &M,
+        now: u64,
+        handle: u32,
+        job: &JobSubmit,
+    ) -> Result<JobId, FwError>
+    where
+        M: GuestMemoryBackend + ?Sized,
+    {
+        self.tick_clock(now);
+        // check_submit's other checks, with the group looked up once.
         let max_pending = self.config.max_pending_jobs;
         let id = self.next_job;
         let Firmware {
