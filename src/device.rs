@@ -74,22 +74,35 @@ pub fn offered_protocol_features() -> VhostUserProtocolFeatures {
 }
 
 /// The completion path of fenced chains, shared by the vring worker and the
-/// GPU engine threads: the fence rings, and the control vring to return
-/// chains to. Lock order: `fences`, then `control_vring`, then the vring's
-/// own lock; nothing here ever takes the device state lock, so a thread
-/// holding that lock may wait for an engine thread that completes fences.
+/// GPU engine threads: the fence rings, the control vring to return chains
+/// to, and guest memory (the same as the vrings'). Lock order: `fences`,
+/// then `control_vring`, then `mem`, then the vring's own lock; nothing
+/// here ever takes the device state lock, so a thread holding that lock
+/// may wait for an engine thread that completes fences.
 struct Completer {
     fences: Mutex<FenceRings>,
     control_vring: Mutex<Option<VringRwLock>>,
+    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     limiter: Mutex<LogLimiter>,
 }
 
 impl Completer {
+    fn memory(&self) -> Option<GuestMemoryAtomic<GuestMemoryMmap>> {
+        self.mem.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn return_chains(&self, vring: &VringRwLock, chains: &[HeldChain]) -> io::Result<()> {
         if chains.is_empty() {
             return Ok(());
         }
-        // One lock of the vring for the whole batch.
+        // Chains are only read once there is memory.
+        let Some(atomic) = self.memory() else {
+            return Ok(());
+        };
+        // One snapshot of guest memory and one lock of the vring for the
+        // whole batch (the vring's own `add_used` takes a snapshot per
+        // chain).
+        let mem = atomic.memory();
         let notify = {
             let mut st = vring.get_mut();
             let size = st.get_queue().size();
@@ -102,7 +115,7 @@ impl Completer {
                     );
                     continue;
                 }
-                if let Err(e) = st.add_used(c.head, c.len) {
+                if let Err(e) = st.get_queue_mut().add_used(&*mem, c.head, c.len) {
                     guest_warn!(lock(&self.limiter), "add_used({}) failed: {e}", c.head);
                 }
             }
@@ -151,7 +164,6 @@ struct Exit {
 pub struct GpuDevice {
     state: Mutex<GpuState>,
     completer: Arc<Completer>,
-    mem: RwLock<Option<GuestMemoryAtomic<GuestMemoryMmap>>>,
     event_idx: AtomicBool,
     acked: AtomicU64,
     events_read: AtomicU32,
@@ -181,6 +193,7 @@ impl GpuDevice {
         let completer = Arc::new(Completer {
             fences: Mutex::new(FenceRings::new()),
             control_vring: Mutex::new(None),
+            mem: RwLock::new(None),
             limiter: Mutex::new(LogLimiter::default()),
         });
         state.set_fence_sink(completer.clone());
@@ -189,7 +202,6 @@ impl GpuDevice {
             num_capsets: state.num_capsets(),
             state: Mutex::new(state),
             completer,
-            mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
             acked: AtomicU64::new(0),
             events_read: AtomicU32::new(0),
@@ -260,7 +272,7 @@ impl GpuDevice {
 
     fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<()> {
         self.sync_generation();
-        let Some(atomic) = self.mem.read().unwrap_or_else(|p| p.into_inner()).clone() else {
+        let Some(atomic) = self.completer.memory() else {
             guest_warn!(
                 lock(&self.limiter),
                 "queue {queue} kicked before the memory table was set"
@@ -459,7 +471,11 @@ impl VhostUserBackend for GpuDevice {
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
         lock(&self.state).set_memory(mem.clone());
-        *self.mem.write().unwrap_or_else(|p| p.into_inner()) = Some(mem);
+        *self
+            .completer
+            .mem
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(mem);
         Ok(())
     }
 
