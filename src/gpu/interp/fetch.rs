@@ -28,8 +28,8 @@
 //!
 //! Ring seed: the host writes each job's ring words itself, so it hands
 //! them to the stream as well ([`super::StreamState::seed_ring`]), and a
-//! fill inside that range copies them pre-decoded instead of reading and
-//! decoding memory. This is the CS having fetched the words as the host
+//! fill inside that range copies them pre-decoded (up to 256 words, 16
+//! jobs) instead of reading and decoding memory. This is the CS having fetched the words as the host
 //! wrote them: a later write to ring memory by the guest CPU (which must
 //! not write kernel memory) or by another stream is not seen for seeded
 //! words; the stream's own writes over them drop the seed, as they drop
@@ -54,6 +54,12 @@ pub(super) const WINDOW_WORDS: usize = (PAGE_SIZE / 8) as usize;
 /// it. A loop longer than this, or a branch back before the window's
 /// start, costs one more fill.
 const FILL_WORDS: usize = 64;
+
+/// Seeded words one fill copies at most: 16 jobs' wrappers. Copying them
+/// costs far less than fetching and decoding, so a fill takes more of them
+/// than [`FILL_WORDS`]; but not a whole page, as a queue that stops after
+/// each job (a wait) copies them again at its next run.
+const SEED_FILL_WORDS: usize = 256;
 
 /// What the execution loop does with a pre-decoded word. The register-only
 /// instructions get their own kinds (one per branch condition) and run in
@@ -261,7 +267,7 @@ impl Window {
     /// buffer's end `end`.
     fn copy_seed(&mut self, seed: &Seed, ip: u64, end: u64) {
         let first = ((ip - seed.va) / 8) as usize;
-        let room = (end.saturating_sub(ip) / 8).min(FILL_WORDS as u64) as usize;
+        let room = (end.saturating_sub(ip) / 8).min(SEED_FILL_WORDS as u64) as usize;
         let n = (seed.len - first).min(room);
         self.ops[..n].copy_from_slice(&seed.ops[first..first + n]);
         self.instrs[..n].copy_from_slice(&seed.instrs[first..first + n]);
