@@ -1236,6 +1236,35 @@ fn fence_order_on_rings_with_held_wait() {
     common::finish(d);
 }
 
+/// GROUP_SUBMIT to a queue the group does not have, or to an unknown
+/// group: -EINVAL, with nothing run, even when another element is fine.
+#[test]
+fn group_submit_to_a_missing_queue_or_group() {
+    let d = common::daemon(&[]);
+    let mut n = Native::new(connect(&d, true), 1, true);
+    let s = stream(|b| {
+        store(b, DATA_VA + 0x2000, 3);
+        b.pad_to(8);
+    });
+    n.write_data(0x1000, &s);
+    let job = |queue: u32| (queue, DATA_VA + 0x1000, 64, vec![]);
+    let rets = n.run(&[
+        group_cmd(1, 1, 1, &[0, 0]),
+        submit_cmd(1, &[job(0), job(2)]),
+        submit_cmd(1, &[job(7)]),
+        submit_cmd(2, &[job(0)]),
+    ]);
+    assert_eq!(rets, vec![0, -EINVAL, -EINVAL, -EINVAL]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(n.data_word(0x2000), 0, "nothing ran");
+    let (buf, slots) = n.number(&[submit_cmd(1, &[job(0), job(1)])]);
+    assert_eq!(n.submit(&buf, Some((1, Some(1)))), cmd::RESP_OK_NODATA);
+    assert_eq!(n.wait_record(slots[0] + 8), 0);
+    assert_eq!(n.data_word(0x2000), 3);
+    drop(n);
+    common::finish(d);
+}
+
 /// A wait-any ends at its first point; its other points still signal
 /// later. Those late events must not reach the command that took over the
 /// finished wait's record in the meantime: here a later wait stays pending

@@ -1372,6 +1372,15 @@ impl NativeContext {
             Ok(s) => s,
             Err(e) => return done(-e.errno()),
         };
+        let target = self
+            .groups
+            .get(&r.group_handle)
+            .map(|g| (g.engine, g.rings.len()));
+        // The queue index is checked here too (the engine checks it
+        // again), so that the usual mistake never depends on the engine's
+        // answer; it is reported after the elements' own errors and an
+        // unknown group, as a separate pass would.
+        let mut bad_queue = false;
         for s in subs.clone() {
             let s = match s {
                 Ok(s) => s,
@@ -1383,21 +1392,12 @@ impl NativeContext {
             if let Err(e) = job_of(&s).validate() {
                 return done(-e.errno());
             }
+            bad_queue |= target.is_some_and(|(_, queues)| s.queue_index as usize >= queues);
         }
-        let Some((group, queues)) = self
-            .groups
-            .get(&r.group_handle)
-            .map(|g| (g.engine, g.rings.len()))
-        else {
+        let Some((group, _)) = target else {
             return done(-EINVAL);
         };
-        // Checked here too (the engine checks it again), so that the usual
-        // mistake never depends on the engine's answer.
-        if subs
-            .clone()
-            .flatten()
-            .any(|s| s.queue_index as usize >= queues)
-        {
+        if bad_queue {
             return done(-EINVAL);
         }
         if subs.len() == 0 {
