@@ -1238,6 +1238,7 @@ fn fence_order_on_rings_with_held_wait() {
 
 /// GROUP_SUBMIT to a queue the group does not have, or to an unknown
 /// group: -EINVAL, with nothing run, even when another element is fine.
+/// An unknown syncobj to wait for is -ENOENT, reported after those.
 #[test]
 fn group_submit_to_a_missing_queue_or_group() {
     let d = common::daemon(&[]);
@@ -1248,13 +1249,20 @@ fn group_submit_to_a_missing_queue_or_group() {
     });
     n.write_data(0x1000, &s);
     let job = |queue: u32| (queue, DATA_VA + 0x1000, 64, vec![]);
+    let waits_for_nothing = (0, DATA_VA + 0x1000, 64, vec![wait(9, 1)]);
     let rets = n.run(&[
         group_cmd(1, 1, 1, &[0, 0]),
         submit_cmd(1, &[job(0), job(2)]),
         submit_cmd(1, &[job(7)]),
         submit_cmd(2, &[job(0)]),
+        submit_cmd(1, &[job(0), waits_for_nothing.clone()]),
+        submit_cmd(1, &[waits_for_nothing.clone(), job(2)]),
+        submit_cmd(2, &[waits_for_nothing]),
     ]);
-    assert_eq!(rets, vec![0, -EINVAL, -EINVAL, -EINVAL]);
+    assert_eq!(
+        rets,
+        vec![0, -EINVAL, -EINVAL, -EINVAL, -ENOENT, -EINVAL, -EINVAL]
+    );
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(n.data_word(0x2000), 0, "nothing ran");
     let (buf, slots) = n.number(&[submit_cmd(1, &[job(0), job(1)])]);

@@ -1366,8 +1366,8 @@ impl NativeContext {
         if r.pad != 0 {
             return done(-EINVAL);
         }
-        // Read twice from the command buffer (checked, then converted)
-        // rather than copied out.
+        // Read from the command buffer as they are checked and converted,
+        // not copied out first.
         let subs = match view.elements::<u::QueueSubmit>(&r.queue_submits) {
             Ok(s) => s,
             Err(e) => return done(-e.errno()),
@@ -1381,7 +1381,11 @@ impl NativeContext {
         // answer; it is reported after the elements' own errors and an
         // unknown group, as a separate pass would.
         let mut bad_queue = false;
-        for s in subs.clone() {
+        // Converted in the same pass; a sync op's error is reported after
+        // all of the above.
+        let mut queue_submits = Submits::default();
+        let mut sync_error = None;
+        for s in subs {
             let s = match s {
                 Ok(s) => s,
                 Err(e) => return done(-e.errno()),
@@ -1389,10 +1393,21 @@ impl NativeContext {
             if s.pad != 0 {
                 return done(-EINVAL);
             }
-            if let Err(e) = job_of(&s).validate() {
+            let job = job_of(&s);
+            if let Err(e) = job.validate() {
                 return done(-e.errno());
             }
             bad_queue |= target.is_some_and(|(_, queues)| s.queue_index as usize >= queues);
+            if sync_error.is_none() {
+                match self.sync_ops(&view, &s.syncs) {
+                    Ok(syncs) => queue_submits.push(QueueSubmit {
+                        job,
+                        syncs,
+                        user_data: 0,
+                    }),
+                    Err(e) => sync_error = Some(e),
+                }
+            }
         }
         let Some((group, _)) = target else {
             return done(-EINVAL);
@@ -1400,20 +1415,11 @@ impl NativeContext {
         if bad_queue {
             return done(-EINVAL);
         }
-        if subs.len() == 0 {
-            return done(0);
+        if let Some(e) = sync_error {
+            return done(-e);
         }
-        let mut queue_submits = Submits::default();
-        for s in subs.flatten() {
-            let syncs = match self.sync_ops(&view, &s.syncs) {
-                Ok(v) => v,
-                Err(e) => return done(-e),
-            };
-            queue_submits.push(QueueSubmit {
-                job: job_of(&s),
-                syncs,
-                user_data: 0,
-            });
+        if queue_submits.as_slice().is_empty() {
+            return done(0);
         }
         let n = queue_submits.as_slice().len();
         if self.engine(env).is_err() {
