@@ -22,7 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::binds::{BindJob, BindQueues};
-use super::command::{BindMode, BindRequest, Command, EngineError, Mailbox, Submits};
+use super::command::{BindMode, BindRequest, Command, EngineError, Mailbox, QueueSubmit, Submits};
 use super::deps::{check_batch, commit};
 use super::event::EngineEvent;
 use super::jobs::{HeldJob, JobQueues, QueueKey};
@@ -437,33 +437,45 @@ where
         } else {
             self.check_room(group, &jobs)?;
         }
-        for j in jobs {
-            let id = self.id();
-            let c = commit(&mut self.syncs, &j.syncs, &mut self.next_id);
-            for &w in &c.queued {
-                self.waiters.insert(w, Target::Job(id));
-            }
-            let key = (group, j.job.queue);
-            let held = HeldJob {
-                job: j.job,
-                user_data: j.user_data,
-                waits: c.queued.len(),
-                signals: c.signals,
-            };
-            if held.waits == 0 && self.jobs.start_if_idle(key) {
-                let (mem, now) = match self.posting.take() {
-                    Some(p) => p,
-                    None => (self.mem.memory(), self.now()),
-                };
-                self.reschedule_due |= self.hand_to_firmware(&*mem, now, key, held);
-                self.posting = Some((mem, now));
-                self.collect_fw_events();
-            } else {
-                self.jobs.push(key, id, held);
-                self.dirty_queues.insert(key);
+        match jobs {
+            Submits::One(j) => self.queue_job(group, j),
+            Submits::Many(jobs) => {
+                for j in jobs {
+                    self.queue_job(group, j);
+                }
             }
         }
         Ok(())
+    }
+
+    /// A checked job of a GROUP_SUBMIT: its syncs committed, then to the
+    /// firmware if it waits for nothing and nothing of its queue is held,
+    /// else into its queue's FIFO.
+    fn queue_job(&mut self, group: u32, j: QueueSubmit) {
+        let id = self.id();
+        let c = commit(&mut self.syncs, &j.syncs, &mut self.next_id);
+        for &w in &c.queued {
+            self.waiters.insert(w, Target::Job(id));
+        }
+        let key = (group, j.job.queue);
+        let held = HeldJob {
+            job: j.job,
+            user_data: j.user_data,
+            waits: c.queued.len(),
+            signals: c.signals,
+        };
+        if held.waits == 0 && self.jobs.start_if_idle(key) {
+            let (mem, now) = match self.posting.take() {
+                Some(p) => p,
+                None => (self.mem.memory(), self.now()),
+            };
+            self.reschedule_due |= self.hand_to_firmware(&*mem, now, key, held);
+            self.posting = Some((mem, now));
+            self.collect_fw_events();
+        } else {
+            self.jobs.push(key, id, held);
+            self.dirty_queues.insert(key);
+        }
     }
 
     /// Whether every queue of `group` has room for its jobs of `jobs`.
