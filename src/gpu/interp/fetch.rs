@@ -29,11 +29,11 @@
 //! Ring seed: the host writes each job's ring words itself, so it hands
 //! them to the stream as well ([`super::StreamState::seed_ring`]), and a
 //! fill inside that range copies them pre-decoded (up to 256 words, 16
-//! jobs) instead of reading and decoding memory. This is the CS having fetched the words as the host
-//! wrote them: a later write to ring memory by the guest CPU (which must
-//! not write kernel memory) or by another stream is not seen for seeded
-//! words; the stream's own writes over them drop the seed, as they drop
-//! the windows. The seed holds one contiguous run of a ring lap, at most
+//! jobs) instead of reading and decoding memory. This is the CS having
+//! fetched the words as the host wrote them: a later write to ring memory
+//! by the guest CPU (which must not write kernel memory) or by another
+//! stream is not seen for seeded words; the stream's own writes over them
+//! drop the seed, as they drop the windows. The seed holds one contiguous run of a ring lap, at most
 //! 1024 words (64 jobs; `SEED_WORDS`) and no more than the ring; words the
 //! host writes elsewhere, or past a full seed whose words have not all
 //! run, are fetched from memory as before.
