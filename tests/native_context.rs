@@ -1282,25 +1282,7 @@ fn a_wait_any_s_late_points_leave_later_work_alone() {
     let d = common::daemon(&[]);
     let mut n = Native::new(connect(&d, true), 1, true);
     assert_eq!(n.run(&[timeline(1), timeline(2), timeline(3)]), vec![0; 3]);
-    let wait_on = |points: &[(u32, u64)]| {
-        let mut w = CommandWriter::<SyncobjWaitReq>::new(0, 0);
-        let points: Vec<SyncobjPoint> = points
-            .iter()
-            .map(|&(handle, point)| SyncobjPoint {
-                handle,
-                pad: 0,
-                point,
-            })
-            .collect();
-        let pts = w.array(&points);
-        w.finish(&SyncobjWaitReq {
-            flags: SYNCOBJ_WAIT_FOR_SUBMIT,
-            pad: 0,
-            timeout_ns: 0,
-            points: pts,
-        })
-    };
-    let (buf, first) = n.number(&[wait_on(&[(1, 1), (2, 1)])]);
+    let (buf, first) = n.number(&[wait_any_cmd(&[(1, 1), (2, 1)], 0)]);
     let any =
         n.g.vmm
             .submit(CONTROLQ, &submit_req(n.hdr(Some((1, Some(0)))), &buf), HDR)
@@ -1310,7 +1292,7 @@ fn a_wait_any_s_late_points_leave_later_work_alone() {
     n.g.vmm.complete(any, WAIT).unwrap();
     assert_eq!(n.wait_record(first[0] + 16), 0);
 
-    let (buf, later) = n.number(&[wait_on(&[(3, 1)])]);
+    let (buf, later) = n.number(&[wait_cmd(3, 1, 0)]);
     let held =
         n.g.vmm
             .submit(CONTROLQ, &submit_req(n.hdr(Some((2, Some(0)))), &buf), HDR)
@@ -1414,12 +1396,22 @@ fn context_info_cmd() -> Vec<u8> {
 
 /// A timeline syncobj WAIT of point `point` of `handle`, WAIT_FOR_SUBMIT.
 fn wait_cmd(handle: u32, point: u64, timeout_ns: u64) -> Vec<u8> {
+    wait_any_cmd(&[(handle, point)], timeout_ns)
+}
+
+/// A timeline syncobj WAIT for any of `points` (handle, point),
+/// WAIT_FOR_SUBMIT.
+fn wait_any_cmd(points: &[(u32, u64)], timeout_ns: u64) -> Vec<u8> {
     let mut w = CommandWriter::<SyncobjWaitReq>::new(0, 0);
-    let pts = w.array(&[SyncobjPoint {
-        handle,
-        pad: 0,
-        point,
-    }]);
+    let points: Vec<SyncobjPoint> = points
+        .iter()
+        .map(|&(handle, point)| SyncobjPoint {
+            handle,
+            pad: 0,
+            point,
+        })
+        .collect();
+    let pts = w.array(&points);
     w.finish(&SyncobjWaitReq {
         flags: SYNCOBJ_WAIT_FOR_SUBMIT,
         pad: 0,

@@ -503,35 +503,20 @@ impl<K: KernelMemory> Firmware<K> {
     where
         M: GuestMemoryBackend + ?Sized,
     {
-        let r = self.submit_unscheduled(mem, now, handle, job);
+        job.validate()?;
+        let r = self.submit_validated(mem, now, handle, job);
         if r.is_ok() {
             self.update_schedule(false);
         }
         r
     }
 
-    /// [`Firmware::submit`] without the scheduling decision that follows
-    /// it, for a caller submitting several jobs in a row: it must call
-    /// [`Firmware::reschedule`] after the last one. (Running the firmware
-    /// reschedules first, too.)
-    pub fn submit_unscheduled<M>(
-        &mut self,
-        mem: &M,
-        now: u64,
-        handle: u32,
-        job: &JobSubmit,
-    ) -> Result<JobId, FwError>
-    where
-        M: GuestMemoryBackend + ?Sized,
-    {
-        job.validate()?;
-        self.submit_validated(mem, now, handle, job)
-    }
-
-    /// [`Firmware::submit_unscheduled`] of a job that passed
-    /// [`JobSubmit::validate`] (as [`Firmware::check_submit`] checks it):
-    /// its group and queue are checked here, as they may have changed
-    /// since.
+    /// [`Firmware::submit`] of a job that passed [`JobSubmit::validate`]
+    /// (as [`Firmware::check_submit`] checks it; its group and queue are
+    /// checked here, as they may have changed since), without the
+    /// scheduling decision that follows it: for a caller submitting
+    /// several jobs in a row, which must call [`Firmware::reschedule`]
+    /// after the last one. (Running the firmware reschedules first, too.)
     pub(crate) fn submit_validated<M>(
         &mut self,
         mem: &M,
@@ -606,8 +591,8 @@ impl<K: KernelMemory> Firmware<K> {
         Ok(id)
     }
 
-    /// Makes the scheduling decision owed after
-    /// [`Firmware::submit_unscheduled`]: which groups hold slots, and which
+    /// Makes the scheduling decision owed after jobs submitted without it
+    /// (`submit_validated`): which groups hold slots, and which
     /// job timers run.
     pub fn reschedule(&mut self) {
         self.update_schedule(false);
